@@ -1,0 +1,3 @@
+"""Rankitect: neural architecture search for CTR and conversion ranking models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""rankitect.cli"""

@@ -1,0 +1,5 @@
+"""LightningModules: CTRModule trains any CTR model."""
+
+from rankitect.lit.ctr_module import CTRModule
+
+__all__ = ["CTRModule"]
