@@ -71,7 +71,7 @@ def test_user_config_dir_adds_a_model_without_touching_the_package(installed, tm
             """\
             _target_: rankitect.models.DNN
             _partial_: true
-            embed_dim: 12
+            embedding_dim: 12
             hidden_units: [777, 55]
             """
         )

@@ -21,6 +21,8 @@ class FeatureEmbedding(nn.Module):
             raise ValueError(f"embedding dim must be >= 1, got {dim}")
         if spec.n_sparse == 0:
             raise ValueError("FeatureEmbedding needs at least one sparse field")
+        if init_std < 0:
+            raise ValueError(f"embedding init_std must be >= 0, got {init_std}")
         self.dim = dim
         cards = torch.tensor(spec.sparse_cardinalities, dtype=torch.long)
         self.register_buffer("offsets", torch.cumsum(cards, 0) - cards, persistent=False)
@@ -29,3 +31,6 @@ class FeatureEmbedding(nn.Module):
 
     def forward(self, sparse: torch.Tensor) -> torch.Tensor:
         return self.table(sparse + self.offsets)
+
+    def num_params(self) -> int:
+        return self.table.num_embeddings * self.dim
