@@ -14,10 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def source_packages() -> set[str]:
-    found = {
-        ".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "rankitect").rglob("__init__.py")
-    }
-    return found | {"rankitect.conf"}
+    inits = (REPO / "rankitect").rglob("__init__.py")
+    return {".".join(p.parent.relative_to(REPO).parts) for p in inits} | {"rankitect.conf"}
 
 
 @pytest.fixture(scope="module")

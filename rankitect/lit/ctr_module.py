@@ -18,7 +18,7 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def embedding_weights(model: nn.Module) -> list[torch.Tensor]:
-    """Embedding tables of ``model``: its own ``embedding_parameters()`` or every FeatureEmbedding."""
+    """Embedding tables: ``model.embedding_parameters()``, else every FeatureEmbedding."""
     if hasattr(model, "embedding_parameters"):
         return list(model.embedding_parameters())
     return [m.table.weight for m in model.modules() if isinstance(m, FeatureEmbedding)]
