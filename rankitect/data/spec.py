@@ -28,7 +28,9 @@ class FeatureSpec:
             raise ValueError("FeatureSpec needs at least one dense or sparse feature")
         bad = [i for i, c in enumerate(cards) if c < 1]
         if bad:
-            raise ValueError(f"FeatureSpec.sparse_cardinalities[{bad[0]}] must be >= 1, got {cards[bad[0]]}")
+            raise ValueError(
+                f"FeatureSpec.sparse_cardinalities[{bad[0]}] must be >= 1, got {cards[bad[0]]}"
+            )
         names = tuple(self.sparse_names) or tuple(f"C{i + 1}" for i in range(len(cards)))
         dnames = tuple(self.dense_names) or tuple(f"I{i + 1}" for i in range(self.n_dense))
         if len(names) != len(cards):

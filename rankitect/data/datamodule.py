@@ -1,0 +1,217 @@
+"""`CTRDataModule`: any `CTRSource` (reader or generator) as a Lightning data module."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from rankitect.data.cache import PreprocessCache
+from rankitect.data.source import SPLITS, CTRData, CTRSource, CTRSplit, OnBadRow, check_on_bad_row
+from rankitect.data.spec import FeatureSpec
+from rankitect.data.synthetic import normalized_entropy
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class BatchIndexSampler(Sampler[torch.Tensor]):
+    """Yields whole batches of row indices (int64 tensors), so fetching a batch is one gather.
+
+    With ``shuffle`` each epoch is a fresh permutation drawn from ``(seed, epoch)``. Lightning
+    calls `set_epoch` before each epoch; without it every pass advances to the next epoch.
+    """
+
+    def __init__(
+        self, n: int, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
+        self.seed, self.drop_last, self.epoch = seed, drop_last, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.arange(self.n)
+        self.epoch += 1
+        yield from order[: len(self) * self.batch_size].split(self.batch_size)
+
+
+class SplitBatches(Dataset):
+    """A split indexed by whole batches of rows: ``ds[idx]`` -> ``(dense, sparse, label)``."""
+
+    def __init__(self, split: CTRSplit) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, idx: torch.Tensor) -> Batch:
+        s = self.split
+        return s.dense[idx], s.sparse[idx], s.label[idx]
+
+
+def _keep(batch: Batch) -> Batch:
+    return batch  # the batch is already collated; a module-level function pickles for workers
+
+
+class CTRDataModule(L.LightningDataModule):
+    """Train / val / test batches ``(dense float32 (B, n_dense), sparse int64 (B, n_sparse),
+    label float32 (B,))`` from a source built by Hydra (`CategoricalCSVReader`,
+    `CriteoReader`, `SyntheticCTR`, or anything following `CTRSource`).
+
+    Args:
+        source: the reader or generator.
+        batch_size: training batch size; ``eval_batch_size`` (default: the same) for val/test.
+        num_workers: DataLoader worker processes (batches are single gathers from in-memory
+            tensors, so 0 is usually fastest).
+        seed: seed of the training shuffle (each epoch draws its permutation from seed+epoch).
+        shuffle: shuffle the training split; val/test are never shuffled.
+        drop_last: drop the last incomplete training batch.
+        pin_memory: passed to the DataLoaders.
+        cache: keep parsed files in the preprocessing cache under ``cache_dir`` (default
+            ``$RANKITECT_CACHE`` or ``~/.cache/rankitect``); sources whose fingerprint is
+            ``None`` (the synthetic generator) are never cached.
+        on_bad_row: ``"error"`` (default) raises `DataFormatError` at the first malformed row;
+            ``"skip"`` drops such rows, logs a warning with the count and stores the counts in
+            `bad_rows`.
+    """
+
+    def __init__(
+        self,
+        source: CTRSource,
+        batch_size: int = 4096,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        pin_memory: bool = False,
+        cache: bool = True,
+        cache_dir: str | Path | None = None,
+        on_bad_row: OnBadRow = "error",
+    ) -> None:
+        super().__init__()
+        if not isinstance(source, CTRSource):
+            raise TypeError(f"source must have fingerprint() and load(), got {type(source)}")
+        check_on_bad_row(on_bad_row)
+        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+            raise ValueError("batch sizes must be >= 1")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.source = source
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_workers, self.seed = int(num_workers), int(seed)
+        self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
+        self.pin_memory = bool(pin_memory)
+        self.on_bad_row: OnBadRow = on_bad_row
+        self.cache = PreprocessCache(cache_dir) if cache else None
+        self.bad_rows: dict[str, int] = {}
+        self._data: CTRData | None = None
+        self._built: set[str] = set()  # cache entries this instance parsed itself
+
+    def _cache_key(self) -> str | None:
+        return None if self.cache is None else self.cache.key(self.source, self.on_bad_row)
+
+    def prepare_data(self) -> None:
+        """Parses the source into the cache if it is not there yet (Lightning runs this once
+        per node, before `setup` on every process)."""
+        key = self._cache_key()
+        if key is not None and not self.cache.has(key):
+            self._build(key)
+
+    def _build(self, key: str) -> CTRData:
+        data = self.source.load(self.on_bad_row)
+        self.cache.store(key, data, info={"fingerprint": self.source.fingerprint()})
+        self._built.add(key)
+        return data
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._data is not None:
+            return
+        key = self._cache_key()
+        if key is None:
+            data = self.source.load(self.on_bad_row)
+        elif (data := self.cache.load(key)) is not None:
+            skipped = sum(data.bad_rows.values())
+            if skipped and key not in self._built:  # else the parse has just warned
+                log.warning("cached data set %s was built skipping %d bad row(s)", key, skipped)
+        else:
+            data = self._build(key)
+        self._data = data
+        self.bad_rows = dict(data.bad_rows)
+
+    @property
+    def data(self) -> CTRData:
+        if self._data is None:
+            raise RuntimeError("CTRDataModule: call setup() before using the data")
+        return self._data
+
+    @property
+    def feature_spec(self) -> FeatureSpec:
+        return self.data.spec
+
+    def split(self, name: str) -> CTRSplit:
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
+        return self.data.splits[name]
+
+    def true_probabilities(self, split: str) -> torch.Tensor:
+        """The true click probability of each row of ``split`` (synthetic sources only)."""
+        prob = self.split(split).prob
+        if prob is None:
+            raise ValueError(
+                f"{type(self.source).__name__} has no true click probabilities "
+                "(only synthetic sources know them)"
+            )
+        return prob
+
+    def bayes_ne(self, split: str) -> float:
+        """NE of the true probabilities on ``split``: the best NE any model can expect."""
+        return normalized_entropy(self.true_probabilities(split), self.split(split).label)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        data = self.split(split)
+        sampler = BatchIndexSampler(
+            len(data),
+            self.batch_size if train else self.eval_batch_size,
+            shuffle=train and self.shuffle,
+            seed=self.seed,
+            drop_last=train and self.drop_last,
+        )
+        return DataLoader(
+            SplitBatches(data),
+            batch_size=None,  # the sampler yields whole batches
+            sampler=sampler,
+            collate_fn=_keep,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
