@@ -35,6 +35,8 @@ def finish_logger(logger) -> None:
 def model_name(cfg: DictConfig) -> str:
     if cfg.get("name"):
         return str(cfg.name)
+    if cfg.model.get("arch_file"):
+        return f"arch:{Path(cfg.model.arch_file).stem}"
     return str(cfg.model._target_).rsplit(".", 1)[-1].lower()
 
 
