@@ -83,7 +83,7 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         "seed": int(cfg.seed),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    if hasattr(datamodule, "bayes_ne"):
+    if getattr(datamodule.split("val"), "prob", None) is not None:
         results["bayes_ne"] = {s: float(datamodule.bayes_ne(s)) for s in ("val", "test")}
     if trainer.is_global_zero:
         path = write_json(output_dir / "results.json", results)

@@ -98,3 +98,22 @@ def test_multirun_with_offline_wandb_finishes_every_run(tmp_path):
     assert [json.loads(p.read_text())["model"] for p in results] == ["lr", "dnn"]
     runs = list((tmp_path / "sweep").rglob("offline-run-*"))
     assert len(runs) == 2, runs
+
+
+FRAPPE = Path(os.environ.get("RANKITECT_DATA_ROOT", Path(__file__).parents[2] / "shared" / "data"))
+
+
+@pytest.mark.skipif(not (FRAPPE / "frappe_x1" / "train.csv").is_file(), reason="no Frappe_x1")
+def test_train_on_frappe_writes_results_without_bayes_ne(tmp_path):
+    """Real data has no true probabilities: results.json carries metrics only."""
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "experiment=frappe_bars", "model=dnn", f"data.source.root={FRAPPE / 'frappe_x1'}",
+            f"data.cache_dir={tmp_path / 'cache'}", "trainer.max_epochs=1",
+            "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=2",
+            "+trainer.limit_test_batches=2", "trainer.enable_progress_bar=false", "logger=none",
+        ])
+    results = train(cfg, tmp_path)
+    assert "bayes_ne" not in results
+    assert json.loads((tmp_path / "results.json").read_text())["model"] == "dnn"
+    assert 0.0 < results["test"]["auc"] <= 1.0

@@ -31,6 +31,8 @@ def search(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     space = load_space(space_cfg, datamodule.feature_spec)
     log.info("search space: %r", space)
     method: SearchMethod = instantiate(cfg.method)
+    if callable(getattr(method, "run", None)):
+        return _run_method(method, space, datamodule, cfg, output_dir)
     module, callbacks = method.build(space)
     checkpoint = ModelCheckpoint(
         dirpath=output_dir / "checkpoints",
@@ -60,4 +62,22 @@ def search(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         results = write_search_results(output_dir, space, outcome, method.name, meta)
         log.info("found %s FLOPs architecture; wrote %s", results["flops"], output_dir)
     finish_logger(logger)
+    return results
+
+
+def _run_method(
+    method: Any, space: Any, datamodule: Any, cfg: DictConfig, output_dir: Path
+) -> dict[str, Any]:
+    """A method that is not one Lightning fit (sampling-based search) runs itself:
+    ``method.run(space, datamodule, cfg, output_dir) -> SearchOutcome``."""
+    start = time.perf_counter()
+    outcome = method.run(space, datamodule, cfg, output_dir)
+    meta = {
+        "search_seconds": round(time.perf_counter() - start, 2),
+        "seed": int(cfg.seed),
+        "space_log10_size": round(space.log10_size, 2),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    results = write_search_results(output_dir, space, outcome, method.name, meta)
+    log.info("found %s FLOPs architecture; wrote %s", results["flops"], output_dir)
     return results

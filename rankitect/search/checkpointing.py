@@ -1,0 +1,55 @@
+"""Activation checkpointing of the supernet's soft forward, one region per Choice.
+
+Under soft masks every block of every Choice runs and keeps its activations for the backward
+pass, about 1 MB per example on the CPU-sized Rankitect space. Checkpointing the whole forward
+does not lower the peak (the backward recomputes and holds all of it at once); checkpointing
+each Choice does: only the Choices' outputs are kept, and each Choice's internals are
+recomputed, one Choice at a time, when the backward reaches it.
+
+`Supernet` shares two caches between its Choices within a forward: the flat view of every
+input and the pairwise projections ``FC_ij``. A checkpointed region must not fill them (its
+recomputation would find them filled and save fewer tensors than the original forward), so
+each Choice's region is entered with the entries it reads already computed outside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from torch.utils.checkpoint import checkpoint
+
+from rankitect.space import Supernet
+from rankitect.space.blocks import PAIRWISE_BLOCKS
+
+
+def _checkpointed(choice: Any):
+    soft = type(choice).soft.__get__(choice)
+    pairwise = any(b in choice.blocks for b in PAIRWISE_BLOCKS)
+
+    def run(w, srcs, flat, pair):
+        for k in choice.candidates:
+            flat(k)
+        if pairwise:
+            for i in choice.candidates:
+                for j in choice.candidates:
+                    pair(i, j)
+        return checkpoint(soft, w, srcs, flat, pair, use_reentrant=False)
+
+    return run
+
+
+@contextmanager
+def checkpoint_choices(supernet: Supernet) -> Iterator[Supernet]:
+    """Within the block, ``supernet(..., soft=...)`` checkpoints every Choice separately.
+
+    Values and gradients are those of the plain forward; the hard-mask forward is unaffected.
+    """
+    for choice in supernet.choices:
+        choice.soft = _checkpointed(choice)
+    try:
+        yield supernet
+    finally:
+        for choice in supernet.choices:
+            del choice.soft

@@ -1,0 +1,99 @@
+"""`DNAS`: the Gumbel-softmax differentiable search method of `rankitect-search`
+(``method=dnas``, ``conf/method/dnas.yaml``; paper §3.2.3)."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from rankitect.callbacks.flops_regularizer import FlopsRegularizer
+from rankitect.callbacks.temperature import GumbelTemperature
+from rankitect.lit.dnas_module import DNASModule
+from rankitect.search.method import SearchMethod
+from rankitect.search.outcome import SearchOutcome
+from rankitect.space.space import SearchSpace
+
+
+def _plain(cfg: Mapping[str, Any] | DictConfig | None) -> dict[str, Any]:
+    if cfg is None:
+        return {}
+    return dict(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg)
+
+
+def _check_keys(prefix: str, options: Mapping[str, Any], cls: type, exclude=frozenset()) -> None:
+    known = set(inspect.signature(cls).parameters) - set(exclude)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ValueError(f"method config: unknown key {prefix}{unknown[0]}; known: {sorted(known)}")
+
+
+class DNAS(SearchMethod):
+    """Builds a `DNASModule` with its `GumbelTemperature` and (given a target) `FlopsRegularizer`.
+
+    Args:
+        target_flops: ``c`` of Eq. 9 (per-example FLOPs); ``None`` takes the seed
+            architecture's FLOPs.
+        alpha: weight of the FLOPs regulariser (``lambda``); 0 searches on CE alone.
+        cost: ``l1`` (``|F - c| / c``, Eq. 9) or ``relu`` (``max(F - c, 0) / c``).
+        flops_estimator: ``sampled`` (Eq. 9, Monte-Carlo over the step's realisations) or
+            ``expected`` (``|E[FLOPs] - c|``); see `FlopsRegularizer`.
+        flops_max_realisations: realisations per step used by the ``sampled`` estimator.
+        temperature: `GumbelTemperature` options (``schedule``, ``start``, ``end``,
+            ``anneal_steps``, ``warmup_steps``, ``freeze_theta_during_warmup``).
+        **module: `DNASModule` options (``lr``, ``arch_lr``, ``update``, ``sampling``,
+            ``hard``, ``init``, ``seed``, ``activation_checkpointing``, ...).
+    """
+
+    name = "dnas"
+
+    def __init__(
+        self,
+        target_flops: float | None = None,
+        alpha: float = 1.0,
+        cost: str = "l1",
+        flops_estimator: str = "sampled",
+        flops_max_realisations: int = 16,
+        temperature: Mapping[str, Any] | None = None,
+        **module: Any,
+    ) -> None:
+        regularizer = FlopsRegularizer(
+            target_flops,
+            weight=alpha,
+            estimator=flops_estimator,
+            kind=cost,
+            max_realisations=flops_max_realisations,
+        )
+        self.regularizer = regularizer if alpha > 0 else None
+        temperature = _plain(temperature)
+        _check_keys("temperature.", temperature, GumbelTemperature)
+        _check_keys("", module, DNASModule, exclude={"space", "temperature"})
+        self.temperature = GumbelTemperature(**temperature)
+        self.module_options = module
+
+    def build(self, space: SearchSpace) -> tuple[L.LightningModule, list[Callback]]:
+        module = DNASModule(space, temperature=self.temperature.start, **self.module_options)
+        callbacks: list[Callback] = [self.temperature]
+        if self.regularizer is not None:
+            callbacks.append(self.regularizer)
+        return module, callbacks
+
+    def outcome(self, module: L.LightningModule, callbacks: list[Callback]) -> SearchOutcome:
+        if not isinstance(module, DNASModule):
+            raise TypeError(f"DNAS.outcome needs the DNASModule it built, got {type(module)}")
+        extra: dict[str, Any] = {
+            "expected_flops": round(module.expected_flops(), 1),
+            "final_temperature": module.temperature,
+        }
+        if self.regularizer is not None:
+            extra["target_flops"] = self.regularizer.target_flops
+        return SearchOutcome(
+            arch=module.most_likely(),
+            probs=[p.detach().cpu() for p in module.arch.probs()],
+            curves={k: list(v) for k, v in module.curves.items()},
+            extra=extra,
+        )

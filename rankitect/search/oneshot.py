@@ -1,0 +1,70 @@
+"""`OneShotRL`: one-shot NAS with an in-place RL agent (paper §3.2.2), built from
+``conf/method/oneshot_rl.yaml``."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from rankitect.callbacks.rl import RLSearchCallback
+from rankitect.lit.supernet_module import BaselineConfig, SupernetModule, plain
+from rankitect.search.method import SearchMethod
+from rankitect.search.outcome import SearchOutcome
+from rankitect.search.policy import CategoricalPolicy
+from rankitect.space.space import SearchSpace
+
+
+class OneShotRL(SearchMethod):
+    """A `SupernetModule` (supernet + in-place baseline) and an `RLSearchCallback`.
+
+    The keyword arguments are the method's config keys: ``baseline``, ``lr`` and
+    ``weight_decay`` go to the module, every other one to the callback (see their docs).
+    The found architecture is the policy's most likely one.
+    """
+
+    name = "oneshot_rl"
+
+    def __init__(
+        self,
+        *,
+        baseline: BaselineConfig = "seed",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        **search: Any,
+    ) -> None:
+        known = set(inspect.signature(RLSearchCallback).parameters) - {"space"}
+        unknown = sorted(set(search) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown oneshot_rl config key(s) {unknown}; known: "
+                f"{sorted(known | {'baseline', 'lr', 'weight_decay'})}"
+            )
+        self.module_options = {"baseline": plain(baseline), "lr": lr, "weight_decay": weight_decay}
+        self.search_options = {k: plain(v) for k, v in search.items()}
+
+    def build(self, space: SearchSpace) -> tuple[L.LightningModule, list[Callback]]:
+        callback = RLSearchCallback(space, **self.search_options)
+        return SupernetModule(space, **self.module_options), [callback]
+
+    def outcome(self, module: L.LightningModule, callbacks: list[Callback]) -> SearchOutcome:
+        record = module.search_record
+        if record is None:
+            raise RuntimeError("the one-shot RL search did not run: no search record on the module")
+        policy = CategoricalPolicy(module.space).double()
+        with torch.no_grad():
+            policy.logits.copy_(record["logits"])
+        return SearchOutcome(
+            arch=policy.most_likely(),
+            probs=[p.detach() for p in policy.probs()],
+            curves=record["curves"],
+            extra={
+                "target_flops": record["target_flops"],
+                "policy_updates": record["updates"],
+                # NE on the shared supernet weights: a proxy, not a trained-from-scratch NE
+                "supernet_val": record["val"],
+            },
+        )

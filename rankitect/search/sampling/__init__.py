@@ -1,0 +1,22 @@
+"""Sampling-based search: proxies, predictor, RL sampler, successive halving, trial store."""
+
+from rankitect.search.sampling.evaluators import EarlyStopProxy, Evaluator, WeightSharingProxy
+from rankitect.search.sampling.halving import successive_halving
+from rankitect.search.sampling.method import SamplingSearch, pareto_front
+from rankitect.search.sampling.predictor import NeuralPredictor
+from rankitect.search.sampling.proposers import RLSampler, propose_random
+from rankitect.search.sampling.store import TrialStore, arch_key
+
+__all__ = [
+    "EarlyStopProxy",
+    "Evaluator",
+    "NeuralPredictor",
+    "RLSampler",
+    "SamplingSearch",
+    "TrialStore",
+    "WeightSharingProxy",
+    "arch_key",
+    "pareto_front",
+    "propose_random",
+    "successive_halving",
+]

@@ -1,0 +1,321 @@
+"""Sampling-based search (paper §3.2.1, §4.2.3): rounds of proposals scored by a low-cost proxy
+in a shared trial store, then successive halving of the best ones.
+
+Round 0 draws ``initial_size`` random architectures; every later round refits the neural
+predictor on all scored ones and lets the RL sampler propose ``round_size`` new ones. The
+``halving.top_k`` best by proxy NE then go through successive halving at growing budgets.
+
+Everything is a trial in the store, evaluated by worker processes (``workers`` local ones, or
+any started with ``python -m rankitect.search.sampling``). A restarted search re-reads
+the store: a round already proposed is not proposed again, and a finished (arch, budget) is
+never evaluated twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing as mp
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from rankitect.search.outcome import SearchOutcome
+from rankitect.search.reinforce import seeded_generator
+from rankitect.search.sampling.halving import successive_halving
+from rankitect.search.sampling.predictor import NeuralPredictor
+from rankitect.search.sampling.proposers import RLSampler, propose_random
+from rankitect.search.sampling.store import DONE, FINISHED, Trial, TrialStore
+from rankitect.search.sampling.worker import (
+    CONFIG_KEY,
+    STATE_KEY,
+    run_trial,
+    serve,
+    worker_name,
+)
+from rankitect.space.arch import Arch
+from rankitect.space.space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+HALVING_KEYS = {"top_k", "eta", "budgets", "finalists"}
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points ``(ne, flops)`` no other point beats in both (lower is better),
+    sorted by FLOPs."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][1], points[i][0]))
+    front, best_ne = [], math.inf
+    for i in order:
+        if points[i][0] < best_ne:
+            front.append(i)
+            best_ne = points[i][0]
+    return front
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run tiny models (the predictor, the policy) on one intra-op thread: on a shared CPU,
+    more threads spin against each other and the workers and are slower by orders of magnitude."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _plain(x: Any) -> Any:
+    return OmegaConf.to_container(x, resolve=True) if isinstance(x, DictConfig) else x
+
+
+class SamplingSearch:
+    """``conf/method/sampling.yaml``; see the module docstring and docs/sampling.md."""
+
+    name = "sampling"
+
+    def __init__(
+        self,
+        *,
+        evaluator: Any,
+        predictor: Any,
+        sampler: Any,
+        halving: Any,
+        store: str | None = None,
+        workers: int = 2,
+        rounds: int = 3,
+        initial_size: int = 16,
+        round_size: int = 8,
+        proxy_budget: int = 20000,
+        poll_s: float = 0.5,
+        heartbeat_s: float = 5.0,
+        stale_after_s: float = 60.0,
+        seed: int = 0,
+    ) -> None:
+        if workers < 0:
+            raise ValueError(f"method.workers must be >= 0, got {workers}")
+        if rounds < 1 or initial_size < 2 or round_size < 1:
+            raise ValueError(
+                "method.rounds >= 1, method.initial_size >= 2 and method.round_size >= 1 needed"
+            )
+        if proxy_budget < 1:
+            raise ValueError(f"method.proxy_budget must be >= 1, got {proxy_budget}")
+        if heartbeat_s >= stale_after_s:
+            raise ValueError("method.heartbeat_s must be well below method.stale_after_s")
+        self.evaluator_cfg = dict(_plain(evaluator))
+        self.predictor_cfg = dict(_plain(predictor))
+        self.sampler_cfg = dict(_plain(sampler))
+        self.halving_cfg = dict(_plain(halving))
+        unknown = set(self.halving_cfg) - HALVING_KEYS
+        if unknown or "budgets" not in self.halving_cfg:
+            raise ValueError(
+                f"method.halving takes {sorted(HALVING_KEYS)} (budgets required); "
+                f"unknown: {sorted(unknown)}"
+            )
+        self.store_url = store
+        self.workers = int(workers)
+        self.rounds = int(rounds)
+        self.initial_size = int(initial_size)
+        self.round_size = int(round_size)
+        self.proxy_budget = int(proxy_budget)
+        self.poll_s = float(poll_s)
+        self.heartbeat_s = float(heartbeat_s)
+        self.stale_after_s = float(stale_after_s)
+        self.seed = int(seed)
+        self._procs: list[mp.Process] = []
+        self._inline = None
+
+    # ---- workers -------------------------------------------------------------------------------
+
+    def _start_worker(self, ctx: Any, url: str) -> mp.Process:
+        p = ctx.Process(
+            target=serve,
+            args=(url,),
+            kwargs={
+                "poll_s": self.poll_s,
+                "heartbeat_s": self.heartbeat_s,
+                "stale_after_s": self.stale_after_s,
+            },
+            daemon=True,
+        )
+        p.start()
+        return p
+
+    def _keep_workers_alive(self, url: str) -> None:
+        ctx = mp.get_context("spawn")
+        for i, p in enumerate(self._procs):
+            if not p.is_alive():
+                log.warning("worker pid %s exited with %s; starting another", p.pid, p.exitcode)
+                self._procs[i] = self._start_worker(ctx, url)
+
+    def wait(self, store: TrialStore, ids: list[int]) -> list[Trial]:
+        """Block until every trial in ``ids`` is done or failed; returns them in ``ids`` order."""
+        while True:
+            store.requeue_stale(self.stale_after_s)
+            counts = store.counts(ids)
+            if sum(counts.get(s, 0) for s in FINISHED) == len(set(ids)):
+                break
+            if self.workers == 0:
+                if not self._work_inline(store):
+                    time.sleep(self.poll_s)  # the rest runs in workers started elsewhere
+            else:
+                self._keep_workers_alive(store.url)
+                time.sleep(self.poll_s)
+        by_id = {t.id: t for t in store.trials(ids=ids)}
+        return [by_id[i] for i in ids]
+
+    def _work_inline(self, store: TrialStore) -> int:
+        """``workers: 0``: the proposer evaluates queued trials itself; returns how many."""
+        name, n = worker_name(), 0
+        while (trial := store.claim(name, self.stale_after_s)) is not None:
+            run_trial(store, self._inline, trial, self.heartbeat_s)
+            n += 1
+        return n
+
+    # ---- the search ----------------------------------------------------------------------------
+
+    def _open_store(self, cfg: DictConfig, output_dir: Path) -> TrialStore:
+        url = self.store_url or f"sqlite:///{(output_dir / 'trials.db').resolve()}"
+        store = TrialStore(url)
+        config = {
+            "data": OmegaConf.to_container(cfg.data, resolve=True),
+            "search_space": OmegaConf.to_container(cfg.search_space, resolve=True),
+            "evaluator": self.evaluator_cfg,
+        }
+        previous = store.get_meta(CONFIG_KEY)
+        if previous is not None and previous != config:
+            raise ValueError(
+                f"the trial store {store.display_url} holds a search with another data, "
+                "search_space or method.evaluator config; use a new method.store to start afresh"
+            )
+        store.set_meta(CONFIG_KEY, config)
+        store.set_meta(STATE_KEY, "running")
+        return store
+
+    def _scored(self, store: TrialStore) -> list[Trial]:
+        return [
+            t
+            for t in store.trials(status=DONE, budget=self.proxy_budget, stage_prefix="round")
+            if math.isfinite(t.metrics["ne"])
+        ]
+
+    def _round(self, store: TrialStore, space: SearchSpace, r: int) -> tuple[list[int], Any]:
+        """Propose and queue round ``r`` unless the store already holds it."""
+        stage = f"round{r}"
+        policy = None
+        if not store.has_stage(stage):
+            exclude = {t.arch_key for t in store.trials(budget=self.proxy_budget)}
+            scored = self._scored(store)
+            if r == 0 or len(scored) < 2:
+                gen = seeded_generator(self.seed, r)
+                n = self.initial_size if r == 0 else self.round_size
+                archs = propose_random(space, n, exclude, gen)
+            else:
+                predictor = NeuralPredictor(space, seed=self.seed + r, **self.predictor_cfg)
+                sampler = RLSampler(space, seed=self.seed, **self.sampler_cfg)
+                with one_thread():
+                    predictor.fit([t.arch for t in scored], [t.metrics["ne"] for t in scored])
+                    archs = sampler.propose(predictor, self.round_size, exclude, r)
+                policy = sampler.policy
+            store.enqueue(archs, self.proxy_budget, stage)
+            log.info("round %d: queued %d architectures", r, len(archs))
+        ids = [t.id for t in store.trials(stage_prefix=stage) if t.stage == stage]
+        return ids, policy
+
+    def _halving(self, store: TrialStore, candidates: list[Arch]) -> list:
+        def evaluate(archs: list[Arch], budget: int, rung: int) -> list[float]:
+            ids = store.enqueue(archs, budget, f"halving{rung}")
+            done = self.wait(store, ids)
+            return [t.metrics["ne"] if t.status == DONE else math.nan for t in done]
+
+        cfg = self.halving_cfg
+        return successive_halving(
+            candidates,
+            [int(b) for b in cfg["budgets"]],
+            evaluate,
+            eta=float(cfg.get("eta", 2.0)),
+            finalists=int(cfg.get("finalists", 1)),
+        )
+
+    def run(
+        self, space: SearchSpace, datamodule: Any, cfg: DictConfig, output_dir: str | Path
+    ) -> SearchOutcome:
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if self.evaluator_cfg.get("supernet_path", "") is None:
+            self.evaluator_cfg["supernet_path"] = str((output_dir / "supernet.pt").resolve())
+        # Fail on a bad method.predictor / method.sampler key now, not after round 0.
+        NeuralPredictor(space, **self.predictor_cfg)
+        RLSampler(space, **self.sampler_cfg)
+        store = self._open_store(cfg, output_dir)
+        evaluator = instantiate(self.evaluator_cfg, space=space, datamodule=datamodule)
+        evaluator.prepare()
+        self._inline = evaluator if self.workers == 0 else None
+        ctx = mp.get_context("spawn")
+        self._procs = [self._start_worker(ctx, store.url) for _ in range(self.workers)]
+        try:
+            policy = None
+            for r in range(self.rounds):
+                ids, round_policy = self._round(store, space, r)
+                self.wait(store, ids)
+                policy = round_policy or policy
+            scored = self._scored(store)
+            if not scored:
+                raise RuntimeError("no architecture was scored; see the failed trials' errors")
+            ranked = sorted(scored, key=lambda t: t.metrics["ne"])
+            top_k = int(self.halving_cfg.get("top_k", 8))
+            rungs = self._halving(store, [t.arch for t in ranked[:top_k]])
+        finally:
+            store.set_meta(STATE_KEY, "finished")
+            for p in self._procs:
+                p.join(timeout=max(30.0, 4 * self.poll_s))
+                if p.is_alive():
+                    p.terminate()
+        final = rungs[-1]
+        if not final.scores or not math.isfinite(final.scores[0]):
+            raise RuntimeError("every finalist failed; see the failed trials' errors")
+        return self._outcome(space, store, scored, rungs, policy)
+
+    def _outcome(self, space, store, scored, rungs, policy) -> SearchOutcome:
+        curve, best = [], math.inf
+        for i, t in enumerate(scored):
+            best = min(best, t.metrics["ne"])
+            curve.append((i + 1, best))
+        points = [(t.metrics["ne"], float(t.metrics["flops"])) for t in scored]
+        pareto = [
+            {"arch": scored[i].arch.to_dict(), "ne": points[i][0], "flops": int(points[i][1])}
+            for i in pareto_front(points)
+        ]
+        rounds = []
+        for r in range(self.rounds):
+            ne = [t.metrics["ne"] for t in scored if t.stage == f"round{r}"]
+            rounds.append({"round": r, "scored": len(ne), "best_ne": min(ne, default=None)})
+        final = rungs[-1]
+        finalists = [
+            {"arch": a.to_dict(), "ne": s, "flops": int(space.flops(a))}
+            for a, s in zip(final.candidates, final.scores, strict=True)
+        ][: int(self.halving_cfg.get("finalists", 1))]
+        probs = policy.probs() if policy is not None else space.priors()
+        return SearchOutcome(
+            arch=final.candidates[0],
+            probs=probs,
+            curves={"best_proxy_ne": curve},
+            extra={
+                "ne": final.scores[0],
+                "pareto": pareto,
+                "finalists": finalists,
+                "rounds": rounds,
+                "halving": [
+                    {"budget": g.budget, "evaluated": len(g.candidates), "best_ne": g.scores[0]}
+                    for g in rungs
+                ],
+                "trials": store.counts(),
+                "store": store.display_url,
+            },
+        )

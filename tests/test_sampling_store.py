@@ -1,0 +1,230 @@
+"""Sampling-based search: the trial store, its workers, a killed worker, a restarted search."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from rankitect.search.sampling import SamplingSearch, TrialStore, arch_key, propose_random
+from rankitect.search.sampling.evaluators import Evaluator
+from rankitect.search.sampling.store import DONE, FAILED, QUEUED, RUNNING
+from rankitect.search.sampling.worker import CONFIG_KEY, STATE_KEY, run_trial, serve
+from rankitect.space import load_space
+
+DATA = {
+    "_target_": "rankitect.data.CTRDataModule",
+    "source": {
+        "_target_": "rankitect.data.SyntheticCTR",
+        "n_train": 200,
+        "n_val": 50,
+        "n_test": 50,
+        "n_dense": 2,
+        "cardinalities": [10, 20],
+        "interactions": [],
+        "gates": [],
+    },
+}
+SPACE = {"_target_": "rankitect.space.build_space", "kind": "generic", "num_choices": 3,
+         "blocks": ["linear", "embed_fc", "dot_product"], "distances": [1, 2],
+         "dims": {"linear": [8, 16], "embed_fc": [2], "dot_product": [2]},
+         "embedding_dim": 4, "bottleneck": 4}  # fmt: skip
+
+
+class LoggedScore(Evaluator):
+    """A known score (a fixed linear function of the encoding), after ``delay_s`` seconds; each
+    finished evaluation appends its arch key and budget to ``log_path``, so a test can count
+    evaluations across processes."""
+
+    def __init__(self, space, datamodule, log_path: str, delay_s: float = 0.0) -> None:
+        self.space, self.log_path, self.delay_s = space, Path(log_path), delay_s
+        self.w = torch.randn(space.encoding_size, generator=torch.Generator().manual_seed(7))
+
+    def evaluate(self, arch, budget):
+        time.sleep(self.delay_s)
+        with self.log_path.open("a") as f:
+            f.write(f"{arch_key(arch)} {budget}\n")
+        ne = 1.0 + 0.01 * float(self.space.encode(arch) @ self.w) - 1e-6 * budget
+        return {"ne": ne, "flops": self.space.flops(arch)}
+
+
+def evaluations(log_path: Path) -> list[str]:
+    return log_path.read_text().splitlines() if log_path.exists() else []
+
+
+@pytest.fixture()
+def space():
+    from hydra.utils import instantiate
+
+    dm = instantiate(OmegaConf.create(DATA))
+    dm.setup("fit")
+    return load_space(SPACE, dm.feature_spec)
+
+
+def some_archs(space, n, seed=0):
+    return propose_random(space, n, set(), torch.Generator().manual_seed(seed))
+
+
+def test_enqueue_is_idempotent_per_arch_and_budget(tmp_path, space):
+    store = TrialStore(f"sqlite:///{tmp_path / 't.db'}")
+    archs = some_archs(space, 4)
+    ids = store.enqueue(archs, 100, "round0")
+    assert store.enqueue(archs[::-1], 100, "round1") == ids[::-1]
+    assert len(store.enqueue(archs[:2], 200, "halving0")) == 2
+    assert store.counts() == {QUEUED: 6}
+    assert {t.stage for t in store.trials(budget=100)} == {"round0"}
+
+
+def test_claims_are_exclusive_and_tokens_fence_lost_trials(tmp_path, space):
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    a, b = TrialStore(url), TrialStore(url)  # two handles, as two processes would have
+    a.enqueue(some_archs(space, 2), 100, "round0")
+    t1, t2 = a.claim("w1"), b.claim("w2")
+    assert t1.id != t2.id and a.claim("w3") is None
+    assert a.counts() == {RUNNING: 2}
+    time.sleep(0.05)
+    assert b.requeue_stale(0.01) == 2  # both heartbeats are older than 10 ms
+    t3 = b.claim("w3")
+    assert t3.id == t1.id and t3.attempts == 2
+    # w1 lost its trial: its heartbeat and result are refused, w3's is taken
+    assert not a.heartbeat(t1) and not a.finish(t1, {"ne": 0.1})
+    assert b.finish(t3, {"ne": 0.2})
+    assert not b.fail(t3, "too late")
+    done = a.trials(status=DONE)
+    assert [(t.id, t.worker, t.metrics) for t in done] == [(t1.id, "w3", {"ne": 0.2})]
+
+
+def test_a_failing_evaluation_fails_its_trial_not_the_worker(tmp_path, space):
+    class Broken(Evaluator):
+        def evaluate(self, arch, budget):
+            raise RuntimeError("boom")
+
+    store = TrialStore(f"sqlite:///{tmp_path / 't.db'}")
+    store.enqueue(some_archs(space, 1), 100, "round0")
+    trial = store.claim("w")
+    assert run_trial(store, Broken(), trial, heartbeat_s=1.0)
+    (failed,) = store.trials(status=FAILED)
+    assert "boom" in failed.error and failed.metrics is None
+
+
+def stored_config(log_path: Path, delay_s: float) -> dict:
+    evaluator = {"_target_": f"{__name__}.LoggedScore", "log_path": str(log_path)}
+    return {"data": DATA, "search_space": SPACE, "evaluator": {**evaluator, "delay_s": delay_s}}
+
+
+def wait_until(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_a_killed_worker_trial_is_rerun_and_every_trial_is_done_once(tmp_path, space):
+    url = f"sqlite:///{tmp_path / 'trials.db'}"
+    log_path = tmp_path / "evaluations.log"
+    store = TrialStore(url)
+    # long enough that one worker cannot finish the queue before the other has started
+    store.set_meta(CONFIG_KEY, stored_config(log_path, delay_s=2.5))
+    store.set_meta(STATE_KEY, "running")
+    ids = store.enqueue(some_archs(space, 4), 100, "round0")
+    ctx = mp.get_context("spawn")
+    kw = {"poll_s": 0.05, "heartbeat_s": 0.2, "stale_after_s": 3.0}
+    procs = [ctx.Process(target=serve, args=(url,), kwargs=kw) for _ in range(2)]
+    for p in procs:
+        p.start()
+    victim, survivor = procs
+    try:
+        tag = f":{victim.pid}:"
+
+        def victim_holds_a_trial():
+            return any(tag in (t.worker or "") for t in store.trials(status=RUNNING))
+
+        wait_until(victim_holds_a_trial, 120, "the first worker to claim a trial")
+        (held,) = [t for t in store.trials(status=RUNNING) if tag in t.worker]
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(10)
+        wait_until(lambda: store.counts(ids) == {DONE: 4}, 120, "every trial to be done")
+        store.set_meta(STATE_KEY, "finished")
+        survivor.join(30)
+        assert survivor.exitcode == 0
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+    trials = {t.id: t for t in store.trials()}
+    assert len(trials) == 4 and all(t.status == DONE for t in trials.values())
+    rerun = trials[held.id]
+    assert rerun.attempts == 2 and tag not in rerun.worker
+    # the killed evaluation never finished: each trial was evaluated to the end exactly once
+    logged = evaluations(log_path)
+    assert sorted(logged) == sorted(f"{t.arch_key} 100" for t in trials.values())
+
+
+def make_search(store_url: str, rounds: int) -> SamplingSearch:
+    return SamplingSearch(
+        store=store_url,
+        workers=0,
+        rounds=rounds,
+        initial_size=6,
+        round_size=3,
+        proxy_budget=100,
+        heartbeat_s=1.0,
+        stale_after_s=30.0,
+        seed=0,
+        evaluator={"_target_": f"{__name__}.LoggedScore", "log_path": "unset"},
+        predictor={"ensemble": 2, "epochs": 30},
+        sampler={"steps": 5, "batch": 8},
+        halving={"top_k": 4, "eta": 2, "budgets": [200, 400], "finalists": 1},
+    )
+
+
+def test_a_restarted_search_continues_without_reevaluating(tmp_path, space):
+    from hydra.utils import instantiate
+
+    url = f"sqlite:///{tmp_path / 'trials.db'}"
+    log_path = tmp_path / "evaluations.log"
+    cfg = OmegaConf.create({"data": DATA, "search_space": SPACE})
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+
+    def run(rounds):
+        search = make_search(url, rounds)
+        search.evaluator_cfg["log_path"] = str(log_path)
+        return search.run(space, dm, cfg, tmp_path)
+
+    first = run(2)
+    n_first = len(evaluations(log_path))
+    assert n_first == 6 + 3 + 4 + 2
+    again = run(2)  # the same search again: everything is in the store
+    assert len(evaluations(log_path)) == n_first and again.arch == first.arch
+    third = run(3)  # one more round: only its proposals and new halving entries are evaluated
+    logged = evaluations(log_path)
+    assert len(logged) == len(set(logged)) > n_first
+    assert len([k for k in logged if k.endswith(" 100")]) == 6 + 3 + 3
+    assert third.extra["rounds"][2]["scored"] == 3
+    store = TrialStore(url)
+    assert store.counts() == {DONE: len(logged)}
+    with pytest.raises(ValueError, match="method.store"):
+        other = make_search(url, 2)
+        other.evaluator_cfg["log_path"] = str(tmp_path / "elsewhere.log")
+        other.run(space, dm, cfg, tmp_path)
+
+
+def test_a_standalone_worker_drains_the_queue_and_exits(tmp_path, space):
+    from rankitect.search.sampling.worker import main
+
+    url = f"sqlite:///{tmp_path / 'trials.db'}"
+    log_path = tmp_path / "evaluations.log"
+    store = TrialStore(url)
+    store.set_meta(CONFIG_KEY, stored_config(log_path, delay_s=0.0))
+    store.set_meta(STATE_KEY, "finished")  # nothing more will be queued
+    store.enqueue(some_archs(space, 3), 100, "round0")
+    main(["--store", url, "--poll-s", "0.05"])
+    assert store.counts() == {DONE: 3} and len(evaluations(log_path)) == 3
