@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from rankitect.cli.config import conf_dir
@@ -67,6 +68,24 @@ def test_a_model_of_the_planted_interactions_nears_the_optimum_and_lr_does_not(t
     lr_gap, dlrm_gap = lr["test"]["ne"] - bayes, dlrm["test"]["ne"] - bayes
     assert lr_gap > 0.2
     assert dlrm_gap < 0.5 * lr_gap
+
+
+def test_train_a_searched_architecture_from_its_json(tmp_path):
+    from rankitect.data import FeatureSpec
+    from rankitect.space import load_space
+
+    cfg = compose_train("model=arch", f"model.arch_file={tmp_path / 'seed.json'}", "logger=none")
+    spec = FeatureSpec(n_dense=4, sparse_cardinalities=tuple(cfg.data.source.cardinalities))
+    space = load_space("rankitect", spec)
+    arch = space.sample(torch.Generator().manual_seed(3))
+    (tmp_path / "seed.json").write_text(arch.to_json())
+    results = train(cfg, tmp_path)
+    assert results["model"] == "arch:seed"
+    assert results["flops"] == space.flops(arch)
+    # A file that is not an architecture of the space is refused, naming the file.
+    (tmp_path / "seed.json").write_text('{"choices": [{"block": "nope"}]}')
+    with pytest.raises(ValueError, match="seed.json"):
+        train(cfg, tmp_path / "bad")
 
 
 def test_flops_in_results_match_the_model(tmp_path):
