@@ -3,6 +3,7 @@ itself (block selection on planted data, resume) and the `method=dnas` entry poi
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -272,6 +273,23 @@ def test_checkpointed_soft_forward_has_the_plain_values_and_gradients(sampling):
         assert torch.allclose(a, b, atol=1e-6)
     # the Choices' own soft methods are back after the forward
     assert all("soft" not in vars(c) for c in module.supernet.choices)
+
+
+def test_checkpointed_steps_free_their_graphs():
+    data = small_data(n_train=64).load()
+    train = data.splits["train"]
+    module = DNASModule(small_space(data.spec), activation_checkpointing=True)
+
+    def step() -> int:
+        relaxation = module.relax(step=0, batch_size=64)
+        logits = module.soft_forward(train.dense, train.sparse, relaxation.samples)
+        F.binary_cross_entropy_with_logits(logits, train.label).backward()
+        del relaxation, logits
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if torch.is_tensor(o))
+
+    live = [step() for _ in range(3)]
+    assert live[2] == live[1], live  # nothing of a step outlives it
 
 
 # ---- the search ------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ recomputed, one Choice at a time, when the backward reaches it.
 `Supernet` shares two caches between its Choices within a forward: the flat view of every
 input and the pairwise projections ``FC_ij``. A checkpointed region must not fill them (its
 recomputation would find them filled and save fewer tensors than the original forward), so
-each Choice's region is entered with the entries it reads already computed outside it.
+each Choice's region is entered with the entries it reads already computed outside it, and
+reads them from its own snapshot.
 """
 
 from __future__ import annotations
@@ -27,15 +28,19 @@ from rankitect.space.blocks import PAIRWISE_BLOCKS
 def _checkpointed(choice: Any):
     soft = type(choice).soft.__get__(choice)
     pairwise = any(b in choice.blocks for b in PAIRWISE_BLOCKS)
+    cands = choice.candidates
 
     def run(w, srcs, flat, pair):
-        for k in choice.candidates:
-            flat(k)
-        if pairwise:
-            for i in choice.candidates:
-                for j in choice.candidates:
-                    pair(i, j)
-        return checkpoint(soft, w, srcs, flat, pair, use_reentrant=False)
+        # Snapshots of what the Choice reads, computed outside the region. The region's
+        # arguments live as long as its graph: the growing `srcs` dict and the shared caches
+        # would later hold tensors computed from this region's output, a reference cycle
+        # through the autograd graph that Python's garbage collector cannot free.
+        inputs = {k: srcs[k] for k in cands}
+        flats = {k: flat(k) for k in cands}
+        pairs = {(i, j): pair(i, j) for i in cands for j in cands} if pairwise else {}
+        return checkpoint(
+            soft, w, inputs, flats.__getitem__, lambda i, j: pairs[i, j], use_reentrant=False
+        )
 
     return run
 
