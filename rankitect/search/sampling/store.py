@@ -247,22 +247,10 @@ class TrialStore:
 
     def heartbeat(self, trial: Trial) -> bool:
         """Refresh ``trial``'s heartbeat; False when the worker no longer holds it."""
-        now = time.time()
-        with self.engine.begin() as conn:
-            return (
-                conn.execute(
-                    trials.update()
-                    .where(
-                        trials.c.id == trial.id,
-                        trials.c.token == trial.token,
-                        trials.c.status == RUNNING,
-                    )
-                    .values(heartbeat=now, updated=now)
-                ).rowcount
-                == 1
-            )
+        return self._update_held(trial)
 
-    def _close(self, trial: Trial, **values: Any) -> bool:
+    def _update_held(self, trial: Trial, **values: Any) -> bool:
+        """Update a running trial only while this worker's claim token still holds it."""
         now = time.time()
         with self.engine.begin() as conn:
             return (
@@ -280,11 +268,11 @@ class TrialStore:
 
     def finish(self, trial: Trial, metrics: dict[str, Any]) -> bool:
         """Mark ``trial`` done with its metrics (one statement); False when it was lost."""
-        return self._close(trial, status=DONE, metrics=json.dumps(metrics))
+        return self._update_held(trial, status=DONE, metrics=json.dumps(metrics))
 
     def fail(self, trial: Trial, error: str) -> bool:
         """Mark ``trial`` failed with its error; False when the worker no longer holds it."""
-        return self._close(trial, status=FAILED, error=error[-4000:])
+        return self._update_held(trial, status=FAILED, error=error[-4000:])
 
     # ---- queries -------------------------------------------------------------------------------
 
