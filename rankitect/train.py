@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.strategies import FSDPStrategy
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
+from rankitect.checkpoint import AtomicCheckpointIO, resolve_resume
 from rankitect.io import write_json
 from rankitect.lit import CTRModule
 
@@ -40,6 +48,55 @@ def model_name(cfg: DictConfig) -> str:
     return str(cfg.model._target_).rsplit(".", 1)[-1].lower()
 
 
+def dense_params(model: nn.Module) -> int:
+    """Parameters outside embedding tables (the paper's "dense parameters")."""
+    return sum(
+        p.numel()
+        for m in model.modules()
+        if not isinstance(m, nn.Embedding)
+        for p in m.parameters(recurse=False)
+    )
+
+
+def refuse_relaunch_in_multirun(trainer: L.Trainer) -> None:
+    """Fail before fitting when the strategy would re-run a Hydra multirun in every rank.
+
+    Lightning's ``ddp`` and ``fsdp`` start the other ranks by re-running the command line, which
+    under ``-m`` is the whole sweep: each child would run every job again. ``ddp_spawn`` starts
+    its ranks in-process, and an external launcher (torchrun, SLURM) starts no children.
+    """
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    launcher = trainer.strategy.launcher
+    # No children with one process per machine, or when torchrun/SLURM started the ranks.
+    if (
+        isinstance(launcher, _SubprocessScriptLauncher)
+        and launcher.num_processes > 1
+        and not launcher.cluster_environment.creates_processes_externally
+    ):
+        raise ValueError(
+            f"trainer.strategy ({type(trainer.strategy).__name__}) re-launches the script for "
+            "every rank, which under a Hydra multirun (-m) would re-run the whole sweep in each "
+            "child: use trainer=ddp_spawn for sweeps, or start the ranks with torchrun "
+            "(see docs/distributed.md)"
+        )
+
+
+class FitProgress(Callback):
+    """Copies the fit's step and epoch counts into ``trainer.callback_metrics``, the only trainer
+    state that ``ddp_spawn`` sends back to the main process (whose own counters stay at 0)."""
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.callback_metrics["fit/steps"] = torch.tensor(trainer.global_step)
+        trainer.callback_metrics["fit/epochs"] = torch.tensor(trainer.current_epoch)
+
+
+def fit_progress(trainer: L.Trainer) -> tuple[int, int]:
+    """``(global steps, epochs)`` of the last fit, also after ``ddp_spawn`` (see `FitProgress`)."""
+    metrics = trainer.callback_metrics
+    return int(metrics["fit/steps"]), int(metrics["fit/epochs"])
+
+
 def metrics_of(result: list[dict[str, float]], prefix: str) -> dict[str, float]:
     return {k.split("/", 1)[1]: float(v) for k, v in result[0].items() if k.startswith(prefix)}
 
@@ -51,9 +108,7 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    model = instantiate(cfg.model)(spec=datamodule.feature_spec)
-    module = CTRModule(model, **cfg.module)
-
+    build_model = instantiate(cfg.model)
     checkpoint = ModelCheckpoint(
         dirpath=output_dir / "checkpoints", monitor="val/auc", mode="max", save_last=True
     )
@@ -62,22 +117,38 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     trainer = L.Trainer(
         **cfg.trainer,
         logger=logger,
-        callbacks=[checkpoint, early_stop],
+        callbacks=[checkpoint, early_stop, FitProgress()],
+        plugins=[AtomicCheckpointIO()],
         default_root_dir=str(output_dir),
     )
+    refuse_relaunch_in_multirun(trainer)
+    model = build_model(spec=datamodule.feature_spec)
+    if isinstance(trainer.strategy, FSDPStrategy):
+        # FSDP builds the model in CTRModule.configure_model, on the device and under its
+        # sharding context; `model` stays a host copy for FLOPs and the parameter count. Other
+        # strategies take the built model: ddp_spawn loads the workers' weights back into this
+        # process's module, which must already hold it.
+        module = CTRModule(partial(build_model, spec=datamodule.feature_spec), **cfg.module)
+    else:
+        module = CTRModule(model, **cfg.module)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    resume = resolve_resume(cfg.get("resume"), output_dir)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     fit_seconds = time.perf_counter() - start
-    val = trainer.validate(module, datamodule=datamodule, ckpt_path="best", verbose=False)
-    test = trainer.test(module, datamodule=datamodule, ckpt_path="best", verbose=False)
+    steps, epochs = fit_progress(trainer)
+    best = {"ckpt_path": "best", "weights_only": True, "verbose": False}
+    val = trainer.validate(module, datamodule=datamodule, **best)
+    test = trainer.test(module, datamodule=datamodule, **best)
 
     results = {
         "model": model_name(cfg),
         "flops": int(model.flops()),
         "params": int(model.num_params()),
+        "dense_params": dense_params(model),
         "val": metrics_of(val, "val/"),
         "test": metrics_of(test, "test/"),
-        "epochs": trainer.current_epoch,
+        "epochs": epochs,
+        "steps": steps,
         "best_epoch_checkpoint": checkpoint.best_model_path,
         "fit_seconds": round(fit_seconds, 2),
         "seed": int(cfg.seed),

@@ -414,6 +414,26 @@ def test_alternate_update_steps_weights_and_theta_in_turn():
     assert module.global_step == 6
 
 
+@pytest.mark.parametrize(
+    "update, every, w_steps, theta_steps",
+    [("joint", 1, 6, 6), ("alternate", 1, 3, 3), ("alternate", 2, 4, 2)],
+)
+def test_each_optimiser_takes_its_scheduled_number_of_steps(update, every, w_steps, theta_steps):
+    # 6 batches: joint steps both on each; alternate_every=1 steps W on 0, 2, 4 and theta on
+    # 1, 3, 5; alternate_every=2 steps W on 0, 1, 4, 5 and theta on 2, 3. Adam's per-parameter
+    # step count is the number of steps that parameter took (the soft forward gives every
+    # supernet weight a gradient).
+    data = small_data(n_train=768).load()
+    module = DNASModule(small_space(data.spec), update=update, alternate_every=every)
+    fit = trainer(max_steps=6, limit_val_batches=0)
+    fit.fit(module, loader(data.splits["train"]))
+    opt_w, opt_theta = fit.optimizers
+    weights = list(module.supernet.parameters())
+    assert [int(opt_w.state[p]["step"]) for p in weights] == [w_steps] * len(weights)
+    assert int(opt_theta.state[module.arch.logits]["step"]) == theta_steps
+    assert module.global_step == 6
+
+
 # ---- configuration ---------------------------------------------------------------------------
 
 

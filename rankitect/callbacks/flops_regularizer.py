@@ -9,6 +9,7 @@ it for its loss term on every architecture step (see `DNASModule.add_regulariser
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import lightning as L
@@ -53,9 +54,9 @@ class FlopsRegularizer(Callback):
         kind: str = "l1",
         max_realisations: int = 16,
     ) -> None:
-        if target_flops is not None and not target_flops > 0:
-            raise ValueError(f"target_flops must be > 0 or null, got {target_flops}")
-        if weight < 0:
+        if target_flops is not None and not 0 < target_flops < math.inf:
+            raise ValueError(f"target_flops must be finite and > 0, or null, got {target_flops}")
+        if not weight >= 0:  # NaN too
             raise ValueError(f"alpha (the FLOPs regulariser's weight) must be >= 0, got {weight}")
         if estimator not in ESTIMATORS:
             raise ValueError(f"flops_estimator must be one of {ESTIMATORS}, got {estimator!r}")

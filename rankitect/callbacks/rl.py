@@ -16,12 +16,14 @@ ranks sample different subnets, and a resumed run samples what the uninterrupted
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from rankitect.nonfinite import NonFiniteGuard
 from rankitect.search.policy import CategoricalPolicy
 from rankitect.search.reinforce import (
     COST_KINDS,
@@ -38,6 +40,9 @@ POLICY_INITS = ("prior", "uniform")
 STATS = ("reward", "ne", "ne_pct", "flops")
 # Stream ids mixed into the sampling seeds, so warm-up and policy draws never coincide.
 _POLICY_STREAM, _WARMUP_STREAM = 1, 2
+# A sample's reward: usable; undefined (a batch of one class has no NE); or non-finite although
+# defined, a fault that `NonFiniteGuard` counts.
+_REWARD_OK, _REWARD_UNDEFINED, _REWARD_NONFINITE = 0.0, 1.0, 2.0
 
 
 def _check_warmup(warmup_steps: int | float) -> None:
@@ -70,6 +75,9 @@ class RLSearchCallback(Callback):
         warmup_mode: during the warm-up train the whole ``supernet`` or ``uniform`` draws
             from the space's prior.
         seed: seed of subnet sampling and replay.
+        max_nonfinite_in_a_row: a non-finite reward (of a batch holding both classes) never
+            reaches the policy or the replay buffer; it is counted (``rl/nonfinite_skipped``)
+            and this many steps in a row with one stop the fit.
     """
 
     def __init__(
@@ -90,6 +98,7 @@ class RLSearchCallback(Callback):
         warmup_steps: int | float = 0.25,
         warmup_mode: str = "uniform",
         seed: int = 0,
+        max_nonfinite_in_a_row: int = 10,
     ) -> None:
         super().__init__()
         if cost not in COST_KINDS:
@@ -100,7 +109,7 @@ class RLSearchCallback(Callback):
             raise ValueError(f"policy_init must be one of {POLICY_INITS}, got {policy_init!r}")
         if warmup_mode not in WARMUP_MODES:
             raise ValueError(f"warmup_mode must be one of {WARMUP_MODES}, got {warmup_mode!r}")
-        if alpha < 0:
+        if not alpha >= 0:  # NaN too
             raise ValueError(f"alpha must be >= 0, got {alpha}")
         if samples_per_update < 2:
             # the mean-reward baseline of a single sample leaves no learning signal
@@ -133,6 +142,7 @@ class RLSearchCallback(Callback):
         self._values: torch.Tensor | None = None
         self._on_policy = False
         self._warmup_until: int | None = None  # the warm-up's end step, fixed at the first start
+        self.nonfinite = NonFiniteGuard(max_nonfinite_in_a_row, "reward")
 
     @staticmethod
     def _resolve_target(space: SearchSpace, target: float | None, alpha: float) -> float | None:
@@ -146,8 +156,8 @@ class RLSearchCallback(Callback):
                     f"target_flops: null means the seed architecture's FLOPs, but space "
                     f"{space.name!r} has no seed; give a number"
                 ) from None
-        if target <= 0:
-            raise ValueError(f"target_flops must be > 0, got {target}")
+        if not 0 < target < math.inf:
+            raise ValueError(f"target_flops must be finite and > 0, got {target}")
         return float(target)
 
     # ---- Lightning hooks ----------------------------------------------------------------------
@@ -196,9 +206,13 @@ class RLSearchCallback(Callback):
         if not self._on_policy:
             return
         row = self._sample_row(pl_module, outputs)
+        row = torch.cat([row, self._reward_status(row, batch)], dim=1)
         gathered = pl_module.all_gather(row.to(pl_module.device)).reshape(-1, row.shape[-1]).cpu()
-        # A batch holding one class only has no NE: its sample carries no reward.
-        gathered = gathered[~gathered[:, -len(STATS)].isnan()]
+        gathered, status = gathered[:, :-1], gathered[:, -1]
+        # Every rank holds the same rows, so every rank reaches the same verdict.
+        self.nonfinite.observe(not bool((status == _REWARD_NONFINITE).any()), trainer.global_step)
+        pl_module.log("rl/nonfinite_skipped", float(self.nonfinite.skipped))
+        gathered = gathered[status == _REWARD_OK]
         self.pending = torch.cat([self.pending, gathered])
         if len(gathered):
             stats = gathered[:, -len(STATS) :].nanmean(0)
@@ -242,6 +256,16 @@ class RLSearchCallback(Callback):
         stats = torch.stack([reward, ne, ne_pct.double(), flops])
         return torch.cat([values.double(), stats]).unsqueeze(0)
 
+    def _reward_status(self, row: torch.Tensor, batch: Any) -> torch.Tensor:
+        """``(1, 1)``: whether the reward in ``row`` is usable, undefined or a fault."""
+        reward = row[0, -len(STATS)]
+        if torch.isfinite(reward):
+            return torch.full((1, 1), _REWARD_OK, dtype=row.dtype)
+        label = batch[2]
+        one_class = bool(label.min() == label.max())
+        status = _REWARD_UNDEFINED if one_class else _REWARD_NONFINITE
+        return torch.full((1, 1), status, dtype=row.dtype)
+
     def _update(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         batch, self.pending = self.pending, self.pending[:0]
         values = batch[:, : self.space.num_decisions].long()
@@ -283,6 +307,7 @@ class RLSearchCallback(Callback):
             "warmup_until": self._warmup_until,
             "pending": self.pending.clone(),
             "curves": {k: list(v) for k, v in self.curves.items()},
+            "nonfinite": self.nonfinite.state_dict(),
             # Lightning does not restore the global RNG; it draws e.g. the baseline's dropout.
             "torch_rng_state": torch.get_rng_state(),
         }
@@ -293,4 +318,5 @@ class RLSearchCallback(Callback):
         self._warmup_until = state_dict["warmup_until"]
         self.pending = state_dict["pending"].clone()
         self.curves = {k: [tuple(p) for p in v] for k, v in state_dict["curves"].items()}
+        self.nonfinite.load_state_dict(state_dict.get("nonfinite"))
         torch.set_rng_state(state_dict["torch_rng_state"])

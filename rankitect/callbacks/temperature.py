@@ -54,10 +54,10 @@ class GumbelTemperature(Callback):
     ) -> None:
         if schedule not in SCHEDULES:
             raise ValueError(f"temperature.schedule must be one of {SCHEDULES}, got {schedule!r}")
-        if not start > 0:
-            raise ValueError(f"temperature.start must be > 0, got {start}")
-        if not end > 0:
-            raise ValueError(f"temperature.end must be > 0, got {end}")
+        if not 0 < start < math.inf:
+            raise ValueError(f"temperature.start must be finite and > 0, got {start}")
+        if not 0 < end < math.inf:
+            raise ValueError(f"temperature.end must be finite and > 0, got {end}")
         if anneal_steps is not None and anneal_steps < 1:
             raise ValueError(f"temperature.anneal_steps must be >= 1 or null, got {anneal_steps}")
         is_fraction = isinstance(warmup_steps, float) and 0.0 <= warmup_steps <= 1.0

@@ -6,6 +6,7 @@ from rankitect.data.errors import DataFileNotFoundError, DataFormatError
 from rankitect.data.readers import CategoricalCSVReader, CriteoReader
 from rankitect.data.source import CTRData, CTRSource, CTRSplit
 from rankitect.data.spec import FeatureSpec
+from rankitect.data.streaming import CriteoStream, StreamingCriteoDataset, StreamingCTRDataModule
 from rankitect.data.synthetic import SyntheticCTR, normalized_entropy
 
 __all__ = [
@@ -15,12 +16,15 @@ __all__ = [
     "CTRSource",
     "CTRSplit",
     "CategoricalCSVReader",
+    "CriteoStream",
     "CriteoReader",
     "DataFileNotFoundError",
     "DataFormatError",
     "FeatureSpec",
     "PreprocessCache",
     "SplitBatches",
+    "StreamingCTRDataModule",
+    "StreamingCriteoDataset",
     "SyntheticCTR",
     "default_cache_dir",
     "normalized_entropy",

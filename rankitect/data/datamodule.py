@@ -72,6 +72,36 @@ def _keep(batch: Batch) -> Batch:
     return batch  # the batch is already collated; a module-level function pickles for workers
 
 
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that Lightning can resume mid-epoch.
+
+    Lightning saves ``state_dict()`` of a train loader that has one into every checkpoint and,
+    resuming mid-epoch, hands it back through ``load_state_dict`` before the interrupted epoch's
+    pass begins. The state is the number of batches this pass has yielded so far (Lightning
+    does not pre-fetch from loaders of known length, so that is the number trained on); the
+    resumed pass, which draws the same permutation (`BatchIndexSampler`: from ``(seed,
+    epoch)``), skips that many. Skipped batches are still fetched, so skipping works on any
+    sampler, including Lightning's distributed wrapper, at the cost of one gather each.
+    """
+
+    _yielded = 0
+    _skip = 0
+
+    def __iter__(self) -> Iterator[Batch]:
+        skip, self._skip, self._yielded = self._skip, 0, 0
+        for i, batch in enumerate(super().__iter__()):
+            if i >= skip:
+                self._yielded = i + 1
+                yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches": self._yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        # A finished pass (a checkpoint on the epoch's last batch) resumes at the next epoch.
+        self._skip = int(state["batches"]) % len(self)
+
+
 class CTRDataModule(L.LightningDataModule):
     """Train / val / test batches ``(dense float32 (B, n_dense), sparse int64 (B, n_sparse),
     label float32 (B,))`` from a source built by Hydra (`CategoricalCSVReader`,
@@ -197,7 +227,7 @@ class CTRDataModule(L.LightningDataModule):
             seed=self.seed,
             drop_last=train and self.drop_last,
         )
-        return DataLoader(
+        return ResumableDataLoader(
             SplitBatches(data),
             batch_size=None,  # the sampler yields whole batches
             sampler=sampler,

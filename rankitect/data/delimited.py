@@ -88,6 +88,21 @@ def read_first_line(path: str | Path) -> str:
     return line.rstrip(b"\r\n").decode("utf-8", errors="replace")
 
 
+def complete_lines(buf: np.ndarray, filled: int, eof: bool) -> tuple[np.ndarray, int, int]:
+    """``(buf, filled, cut)``: the complete lines of ``buf[:filled]`` end at ``cut``. At the end of
+    the file a last line without a line end gets one; ``cut == 0``: no complete line yet (``buf``
+    is doubled when one line fills it)."""
+    if eof:
+        if buf[filled - 1] != _NL:
+            buf[filled] = _NL
+            filled += 1
+        return buf, filled, filled
+    cut = _last_newline(buf, filled) + 1
+    if cut == 0 and filled == len(buf) - _PAD:
+        buf = np.concatenate([buf, np.empty(len(buf), np.uint8)])
+    return buf, filled, cut
+
+
 def read_table(
     path: str | Path,
     kinds: Sequence[str],
@@ -148,19 +163,11 @@ def read_table_parts(
             n_read = f.readinto(memoryview(buf)[filled : len(buf) - _PAD])
             filled += n_read
             eof = n_read == 0
-            if eof:
-                if filled == 0:
-                    break
-                if buf[filled - 1] != _NL:  # last line without a line end
-                    buf[filled] = _NL
-                    filled += 1
-                cut = filled
-            else:
-                cut = _last_newline(buf, filled) + 1
-                if cut == 0:  # no complete line yet
-                    if filled == len(buf) - _PAD:  # a line longer than the block: grow it
-                        buf = np.concatenate([buf, np.empty(len(buf), np.uint8)])
-                    continue
+            if eof and filled == 0:
+                break
+            buf, filled, cut = complete_lines(buf, filled, eof)
+            if cut == 0:
+                continue
             parser.feed(buf, cut)
             rest = filled - cut
             buf[:rest] = buf[cut:filled]
@@ -408,8 +415,11 @@ def _parse_decimal(
         ok &= ~active | digit | point | sign
         d = ch.astype(np.float64) - ord("0")
         in_whole = active & digit & ~seen_point
-        in_frac = active & digit & seen_point
-        whole = np.where(in_whole, whole * 10 + d, whole)
+        # digits past the 18th after the point cannot change a float64; counting them would
+        # overflow 10**frac_digits (inf / inf = NaN, i.e. silently "missing")
+        in_frac = active & digit & seen_point & (frac_digits < 18)
+        with np.errstate(over="ignore"):  # a too long number becomes inf, rejected below
+            whole = np.where(in_whole, whole * 10 + d, whole)
         frac = np.where(in_frac, frac * 10 + d, frac)
         frac_digits += in_frac
         n_digits += active & digit
@@ -417,4 +427,5 @@ def _parse_decimal(
         if j == 0:
             negative = ch == ord("-")
     value = whole + frac / 10.0**frac_digits
-    return np.where(negative, -value, value), ok & (n_digits > 0)
+    # more digits than float64 holds (inf) is not a number to train on: a bad field
+    return np.where(negative, -value, value), ok & (n_digits > 0) & np.isfinite(value)

@@ -34,6 +34,22 @@ def file_fingerprint(path: Path) -> dict[str, Any]:
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _detect_sep(path: Path) -> str:
+    """Tab or comma, whichever is more frequent in the first 64 KiB: one damaged (e.g.
+    truncated) first line must not decide the separator of the whole file."""
+    with open(path, "rb") as f:
+        sample = f.read(1 << 16)
+    return "\t" if sample.count(b"\t") > sample.count(b",") else ","
+
+
 def _resolve(root: str | Path | None, name: str | Path) -> Path:
     name = Path(name).expanduser()
     return name if root is None or name.is_absolute() else Path(root).expanduser() / name
@@ -103,6 +119,30 @@ class CategoricalCSVReader:
             sparse_names=tuple(n for n in header if n != self.label),
         )
         return CTRData(spec=spec, splits=splits, bad_rows=dict(self.bad_rows))
+
+
+def criteo_layout(
+    path: Path, sep: str | None = None, header: bool | None = None
+) -> tuple[str, bool, list[str]]:
+    """Separator, header flag and column names of a Criteo file (``None``: detect them).
+
+    A header names the label and integer columns; a data row has numbers among them (or empty
+    fields), even when one of them is damaged, e.g. a junk label.
+    """
+    first = read_first_line(path)
+    sep = sep or _detect_sep(path)
+    n_dense, n_fields = CriteoReader.N_DENSE, 1 + CriteoReader.N_DENSE + CriteoReader.N_SPARSE
+    if header is None:
+        header = all(f and not _is_number(f) for f in first.split(sep)[: 1 + n_dense])
+    names = ["label"] + [f"I{i + 1}" for i in range(n_dense)]
+    names += [f"C{i + 1}" for i in range(CriteoReader.N_SPARSE)]
+    if header:
+        names = first.split(sep)
+        if len(names) != n_fields:
+            raise DataFormatError(
+                path, f"expected a header of {n_fields} fields, found {len(names)}", 1
+            )
+    return sep, header, names
 
 
 class CriteoReader:
@@ -200,24 +240,7 @@ class CriteoReader:
     def _read(
         self, path: Path, on_bad_row: OnBadRow, partition: Callable[[int], np.ndarray] | None
     ) -> tuple[list[str], list[Table]]:
-        first = read_first_line(path)
-        sep = self.sep or ("\t" if "\t" in first else ",")
-        header = self.header
-        if header is None:  # a header starts with a column name, data with a 0/1 label
-            try:
-                float(first.split(sep)[0])
-                header = False
-            except ValueError:
-                header = True
-        n_fields = 1 + self.N_DENSE + self.N_SPARSE
-        names = ["label"] + [f"I{i + 1}" for i in range(self.N_DENSE)]
-        names += [f"C{i + 1}" for i in range(self.N_SPARSE)]
-        if header:
-            names = first.split(sep)
-            if len(names) != n_fields:
-                raise DataFormatError(
-                    path, f"expected a header of {n_fields} fields, found {len(names)}", 1
-                )
+        sep, header, names = criteo_layout(path, self.sep, self.header)
         kinds = [LABEL] + [NUMERIC] * self.N_DENSE + [CATEGORICAL] * self.N_SPARSE
         hashing = functools.partial(hash_ids, buckets=self.hash_buckets)
         return names, read_table_parts(

@@ -25,11 +25,12 @@ import torch
 import torch.nn.functional as F
 
 from rankitect.metrics import NormalizedEntropy
+from rankitect.nonfinite import SkipsNonFiniteSteps
 from rankitect.search.checkpointing import checkpoint_choices
 from rankitect.search.gumbel import gumbel_softmax, split_decisions
 from rankitect.search.policy import CategoricalPolicy
 from rankitect.search.reinforce import seeded_generator
-from rankitect.space import Arch, SearchSpace, Supernet
+from rankitect.space import Arch, SearchSpace, build_supernet
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -76,7 +77,7 @@ def _window_ne(loss_sum: float, positives: float, count: float) -> float:
     return loss_sum / count / -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
 
 
-class DNASModule(L.LightningModule):
+class DNASModule(SkipsNonFiniteSteps, L.LightningModule):
     """Supernet weights ``W`` and architecture logits ``theta`` trained by Gumbel-softmax DNAS.
 
     Args:
@@ -99,6 +100,8 @@ class DNASModule(L.LightningModule):
         activation_checkpointing: keep only the Choices' outputs of the soft forward and
             recompute each Choice's activations in the backward (`checkpoint_choices`).
         curve_every_n_steps: steps between points of the search curves (``curves``).
+        max_nonfinite_in_a_row: a step whose loss is non-finite steps neither ``W`` nor
+            ``theta`` (`SkipsNonFiniteSteps`); this many in a row stop the fit.
     """
 
     def __init__(
@@ -117,6 +120,7 @@ class DNASModule(L.LightningModule):
         seed: int = 0,
         activation_checkpointing: bool = False,
         curve_every_n_steps: int = 10,
+        max_nonfinite_in_a_row: int = 10,
     ) -> None:
         super().__init__()
         if update not in UPDATES:
@@ -129,15 +133,15 @@ class DNASModule(L.LightningModule):
             if value not in OPTIMIZERS:
                 raise ValueError(f"{key} must be one of {sorted(OPTIMIZERS)}, got {value!r}")
         for key, value in (("lr", lr), ("arch_lr", arch_lr), ("temperature", temperature)):
-            if not value > 0:
-                raise ValueError(f"{key} must be > 0, got {value}")
+            if not 0 < value < math.inf:
+                raise ValueError(f"{key} must be finite and > 0, got {value}")
         if curve_every_n_steps < 1:
             raise ValueError(f"curve_every_n_steps must be >= 1, got {curve_every_n_steps}")
         # The space is rebuilt from config, not pickled into the checkpoint's hyper-parameters.
         self.save_hyperparameters(ignore=["space"])
         self.automatic_optimization = False
         self.space = space
-        self.supernet = Supernet(space)
+        self.supernet = build_supernet(space)
         self.arch = CategoricalPolicy(space, init=init)
         self.cardinalities = [d.cardinality for d in space.decisions]
         self.temperature = float(temperature)
@@ -149,6 +153,7 @@ class DNASModule(L.LightningModule):
         self._window = [0.0, 0.0, 0.0]
         self._val_arch: Arch | None = None
         self.val_ne = NormalizedEntropy()
+        self.init_nonfinite(max_nonfinite_in_a_row)
 
     # ---- architecture ------------------------------------------------------------------------
 
@@ -173,7 +178,8 @@ class DNASModule(L.LightningModule):
     def is_arch_step(self, step: int) -> bool:
         if self.theta_frozen:
             return False
-        if self.hparams.update == "joint":
+        # hparams["update"], not hparams.update: hparams is a dict, so the attribute is dict.update
+        if self.hparams["update"] == "joint":
             return True
         return (step // self.hparams.alternate_every) % 2 == 1
 
@@ -226,19 +232,23 @@ class DNASModule(L.LightningModule):
         opt_w, opt_theta = self.optimizers()
         opt_w.zero_grad()
         opt_theta.zero_grad()
+        finite = self.finite_step(loss)
         # Both W and theta always get gradients, so DDP reduces the same parameters each step.
         self.manual_backward(loss)
         # Exactly one Lightning-wrapped step per batch, so trainer.global_step counts batches
-        # (max_steps, checkpoint intervals and the schedules all mean batches).
-        if self.hparams.update == "joint":
+        # (max_steps, checkpoint intervals and the schedules all mean batches). After a
+        # non-finite loss the wrapped step finds its gradients dropped (on_before_optimizer_step)
+        # and the unwrapped theta step is not taken.
+        if self.hparams["update"] == "joint":
             opt_w.step()
-            if arch_step:
+            if arch_step and finite:
                 opt_theta.optimizer.step()
         else:
             (opt_theta if arch_step else opt_w).step()
-        self.log("train/loss", bce, prog_bar=True)
         self.log("train/temperature", self.temperature)
-        self._track(step, bce.detach(), label)
+        if finite:
+            self.log("train/loss", bce, prog_bar=True)
+            self._track(step, bce.detach(), label)
         return loss.detach()
 
     def _track(self, step: int, bce: torch.Tensor, label: torch.Tensor) -> None:

@@ -20,11 +20,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from rankitect.metrics import NormalizedEntropy, normalized_entropy
+from rankitect.nonfinite import SkipsNonFiniteSteps
 from rankitect.space.arch import Arch
+from rankitect.space.factory import build_supernet
 from rankitect.space.space import SearchSpace
 from rankitect.space.spaces import conf_dir
 from rankitect.space.subnet import materialize
-from rankitect.space.supernet import Supernet
 
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 BaselineConfig = str | Mapping[str, Any] | None
@@ -83,7 +84,7 @@ def plain(config: Any) -> Any:
     return config
 
 
-class SupernetModule(L.LightningModule):
+class SupernetModule(SkipsNonFiniteSteps, L.LightningModule):
     """The supernet of ``space`` and an in-place baseline model, trained on the same batches.
 
     Args:
@@ -91,6 +92,8 @@ class SupernetModule(L.LightningModule):
         baseline: see `build_baseline`; a plain config, never an ``nn.Module``.
         lr: Adam learning rate of the supernet and baseline weights.
         weight_decay: Adam weight decay of the supernet and baseline weights.
+        max_nonfinite_in_a_row: a step whose loss is non-finite updates no weight
+            (`SkipsNonFiniteSteps`); this many in a row stop the fit.
 
     ``arch`` is the subnet trained by the next step and ``eval_arch`` the one validated (both
     set by the search callback); ``search_record`` is what the callback hands back at the end
@@ -98,12 +101,17 @@ class SupernetModule(L.LightningModule):
     process under ``ddp_spawn``, where callbacks' states do not.
     """
 
+    # Each step runs one subnet: `rankitect-search` then picks a DDP strategy variant with
+    # find_unused_parameters (rankitect.search.run.trainer_options).
+    leaves_unused_parameters = True
+
     def __init__(
         self,
         space: SearchSpace,
         baseline: BaselineConfig = "seed",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        max_nonfinite_in_a_row: int = 10,
     ) -> None:
         super().__init__()
         if lr <= 0:
@@ -113,13 +121,14 @@ class SupernetModule(L.LightningModule):
         baseline = plain(baseline)
         self.save_hyperparameters(ignore=["space"])
         self.space = space
-        self.supernet = Supernet(space)
+        self.supernet = build_supernet(space)
         self.baseline = build_baseline(space, baseline)
         self.arch: Arch | None = None
         self.eval_arch: Arch | None = None
         self.search_record: dict[str, Any] | None = None
         self.val_ne = NormalizedEntropy()
         self.val_ne_baseline = NormalizedEntropy()
+        self.init_nonfinite(max_nonfinite_in_a_row)
 
     def setup(self, stage: str) -> None:
         # Each step runs one subnet, so most supernet weights get no gradient; DDP must be told
@@ -153,6 +162,7 @@ class SupernetModule(L.LightningModule):
             self.log("train/loss_baseline", base_loss)
             # Disjoint parameters: the sum trains both models with their own gradients.
             loss = loss + base_loss
+        self.finite_step(loss)  # a non-finite loss still runs its backward; no update follows
         return {"loss": loss, **out}
 
     @staticmethod

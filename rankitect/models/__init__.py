@@ -11,6 +11,7 @@ from rankitect.models.blocks import (
 )
 from rankitect.models.dcnv2 import DCNv2
 from rankitect.models.deepfm import DeepFM
+from rankitect.models.dhen import DHEN, INTERACTION_MODULES, register_module
 from rankitect.models.dlrm import DLRM
 from rankitect.models.dnn import DNN
 from rankitect.models.embedding import FeatureEmbedding
@@ -20,6 +21,7 @@ __all__ = [
     "CTRModel",
     "CrossNetV2",
     "DCNv2",
+    "DHEN",
     "DLRM",
     "DNN",
     "DeepFM",
@@ -27,7 +29,9 @@ __all__ = [
     "FactorizationMachine",
     "FeatureEmbedding",
     "FirstOrder",
+    "INTERACTION_MODULES",
     "LR",
     "MLP",
     "make_activation",
+    "register_module",
 ]

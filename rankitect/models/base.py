@@ -20,7 +20,7 @@ class CTRModel(nn.Module):
 
     def __init__(self, spec: FeatureSpec, emb_l2: float = 0.0) -> None:
         super().__init__()
-        if emb_l2 < 0:
+        if not emb_l2 >= 0:  # NaN too
             raise ValueError(f"emb_l2 must be >= 0, got {emb_l2}")
         self.spec = spec
         self.emb_l2 = float(emb_l2)

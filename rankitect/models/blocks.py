@@ -7,7 +7,8 @@ bias adds, activations, norms, dropout, element-wise products, reductions or emb
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import numbers
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -35,10 +36,17 @@ def make_activation(name: str) -> nn.Module:
 
 def as_units(units: Sequence[int], what: str) -> tuple[int, ...]:
     """Hidden units as a tuple of positive ints (Hydra passes a ``ListConfig``)."""
-    out = tuple(int(u) for u in units)
-    if any(u < 1 for u in out):
-        raise ValueError(f"{what} must all be >= 1, got {list(out)}")
-    return out
+    if isinstance(units, str) or not isinstance(units, Iterable):
+        raise ValueError(f"{what} must be a list of ints >= 1, got {units!r}")
+    out = tuple(units)
+    if not all(is_positive_int(u) for u in out):
+        raise ValueError(f"{what} must all be ints >= 1, got {list(out)}")
+    return tuple(int(u) for u in out)
+
+
+def is_positive_int(value: object) -> bool:
+    """An int >= 1 (not a bool, not a float such as 2.5 or NaN, which int() would truncate)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
 class MLP(nn.Module):
@@ -127,7 +135,7 @@ class CrossNetV2(nn.Module):
         super().__init__()
         if dim < 1:
             raise ValueError(f"CrossNetV2 dim must be >= 1, got {dim}")
-        if num_layers < 1:
+        if not is_positive_int(num_layers):
             raise ValueError(f"CrossNetV2 num_layers must be >= 1, got {num_layers}")
         self.dim = dim
         self.layers = nn.ModuleList(nn.Linear(dim, dim) for _ in range(num_layers))

@@ -41,6 +41,7 @@ class DLRM(CTRModel):
         if interaction not in INTERACTIONS:
             raise ValueError(f"DLRM interaction must be one of {INTERACTIONS}, got {interaction!r}")
         bottom = as_units(bottom_hidden_units, "DLRM bottom_hidden_units")
+        top_hidden_units = as_units(top_hidden_units, "DLRM top_hidden_units")
         self.embedding = FeatureEmbedding(spec, embedding_dim, emb_init_std)
         self.dense_arch = (
             MLP(spec.n_dense, (*bottom, embedding_dim), activation, batch_norm)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import nn
 
@@ -17,11 +19,11 @@ class FeatureEmbedding(nn.Module):
 
     def __init__(self, spec: FeatureSpec, dim: int, init_std: float = 1e-4) -> None:
         super().__init__()
-        if dim < 1:
-            raise ValueError(f"embedding dim must be >= 1, got {dim}")
+        if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim < 1:
+            raise ValueError(f"embedding_dim must be an int >= 1, got {dim!r}")
         if spec.n_sparse == 0:
             raise ValueError("FeatureEmbedding needs at least one sparse field")
-        if init_std < 0:
+        if not init_std >= 0:  # NaN too
             raise ValueError(f"embedding init_std must be >= 0, got {init_std}")
         self.dim = dim
         cards = torch.tensor(spec.sparse_cardinalities, dtype=torch.long)

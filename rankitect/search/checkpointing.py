@@ -50,7 +50,17 @@ def checkpoint_choices(supernet: Supernet) -> Iterator[Supernet]:
     """Within the block, ``supernet(..., soft=...)`` checkpoints every Choice separately.
 
     Values and gradients are those of the plain forward; the hard-mask forward is unaffected.
+    Another space's supernet (e.g. `DHENSupernet`) checkpoints its own regions
+    (``checkpoint_layers``).
     """
+    if not isinstance(supernet, Supernet):
+        if not hasattr(supernet, "checkpoint_layers"):
+            raise ValueError(
+                f"activation_checkpointing: {type(supernet).__name__} has no checkpointed regions"
+            )
+        with supernet.checkpoint_layers():
+            yield supernet
+        return
     for choice in supernet.choices:
         choice.soft = _checkpointed(choice)
     try:

@@ -22,7 +22,9 @@ class OneShotRL(SearchMethod):
     """A `SupernetModule` (supernet + in-place baseline) and an `RLSearchCallback`.
 
     The keyword arguments are the method's config keys: ``baseline``, ``lr`` and
-    ``weight_decay`` go to the module, every other one to the callback (see their docs).
+    ``weight_decay`` go to the module, ``max_nonfinite_in_a_row`` to both (the module's limit
+    on non-finite losses, the callback's on non-finite rewards), every other one to the
+    callback (see their docs).
     The found architecture is the policy's most likely one.
     """
 
@@ -34,6 +36,7 @@ class OneShotRL(SearchMethod):
         baseline: BaselineConfig = "seed",
         lr: float = 1e-3,
         weight_decay: float = 0.0,
+        max_nonfinite_in_a_row: int = 10,
         **search: Any,
     ) -> None:
         known = set(inspect.signature(RLSearchCallback).parameters) - {"space"}
@@ -43,8 +46,14 @@ class OneShotRL(SearchMethod):
                 f"unknown oneshot_rl config key(s) {unknown}; known: "
                 f"{sorted(known | {'baseline', 'lr', 'weight_decay'})}"
             )
-        self.module_options = {"baseline": plain(baseline), "lr": lr, "weight_decay": weight_decay}
+        self.module_options = {
+            "baseline": plain(baseline),
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "max_nonfinite_in_a_row": max_nonfinite_in_a_row,
+        }
         self.search_options = {k: plain(v) for k, v in search.items()}
+        self.search_options["max_nonfinite_in_a_row"] = max_nonfinite_in_a_row
 
     def build(self, space: SearchSpace) -> tuple[L.LightningModule, list[Callback]]:
         callback = RLSearchCallback(space, **self.search_options)

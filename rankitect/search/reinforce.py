@@ -208,13 +208,13 @@ class PolicyLearner:
             raise ValueError(
                 f"policy_optimizer must be one of {sorted(POLICY_OPTIMIZERS)}, got {optimizer!r}"
             )
-        if lr <= 0:
-            raise ValueError(f"policy_lr must be > 0, got {lr}")
+        if not 0 < lr < math.inf:
+            raise ValueError(f"policy_lr must be finite and > 0, got {lr}")
         if off_policy_updates < 0:
             raise ValueError(f"off_policy_updates must be >= 0, got {off_policy_updates}")
         if replay_capacity < 1:
             raise ValueError(f"replay_capacity must be >= 1, got {replay_capacity}")
-        if is_clip <= 0:
+        if not is_clip > 0:  # NaN too
             raise ValueError(f"is_clip must be > 0, got {is_clip}")
         self.policy = policy
         self.optimizer = POLICY_OPTIMIZERS[optimizer](policy.parameters(), lr=lr)

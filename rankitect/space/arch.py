@@ -185,6 +185,8 @@ class Arch:
             doc = json.loads(text)
         except json.JSONDecodeError as err:
             raise ValueError(f"not valid JSON: {err}") from None
+        except RecursionError:
+            raise ValueError("not valid JSON: nested too deeply") from None
         arch = cls.from_dict(doc)
         if space is not None:
             space.validate(arch)

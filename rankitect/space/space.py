@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from rankitect.data.spec import FeatureSpec
+from rankitect.models.blocks import is_positive_int
 from rankitect.space.arch import (
     DENSE,
     SPARSE,
@@ -52,6 +53,9 @@ class ChoiceSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", tuple(self.blocks))
         object.__setattr__(self, "candidates", tuple(int(k) for k in self.candidates))
+        for b, opts in self.dims.items():  # before int(), which would truncate 2.5 or fail on NaN
+            if not all(is_positive_int(d) for d in opts):
+                raise ValueError(f"ChoiceSpec.dims[{b!r}] must be ints >= 1: {list(opts)}")
         object.__setattr__(
             self, "dims", {b: tuple(int(d) for d in opts) for b, opts in self.dims.items()}
         )
@@ -120,62 +124,17 @@ class ChoiceDecisions:
     right: int | None
 
 
-class SearchSpace:
-    """Choices, their decisions, and the architecture-level operations on them.
+class DecisionSpace:
+    """What every search space offers the searches: a flat list of categorical ``decisions``
+    and the operations defined by them alone (sampling, encodings, weight vectors).
 
-    ``spec`` fixes the raw inputs (dense vector absent when ``n_dense == 0``, sparse
-    embeddings absent when ``n_sparse == 0``); ``embedding_dim`` is D of every 3-D tensor;
-    ``bottleneck`` is the middle width of the pairwise projections ``FC_ij``.
+    Subclasses set ``decisions`` and ``name`` and implement ``decode`` (values -> arch),
+    ``values`` (its inverse), ``validate``, ``flops``/``params``/``expected_flops`` and
+    ``seed_arch``; `SearchSpace` (Choices) and `rankitect.space.dhen.DHENSpace` do.
     """
 
-    def __init__(
-        self,
-        spec: FeatureSpec,
-        choices: Sequence[ChoiceSpec],
-        *,
-        embedding_dim: int,
-        bottleneck: int,
-        connection_prob: float = 0.8,
-        name: str = "custom",
-        seed: Arch | None = None,
-    ) -> None:
-        if embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
-        if bottleneck < 1:
-            raise ValueError(f"bottleneck must be >= 1, got {bottleneck}")
-        if not 0.0 < connection_prob < 1.0:
-            raise ValueError(f"connection_prob must be in (0, 1), got {connection_prob}")
-        if not choices:
-            raise ValueError("a SearchSpace needs at least one Choice")
-        self.spec = spec
-        self.choices: tuple[ChoiceSpec, ...] = tuple(choices)
-        self.embedding_dim = int(embedding_dim)
-        self.bottleneck = int(bottleneck)
-        self.connection_prob = float(connection_prob)
-        self.name = name
-        raw = self.raw_inputs
-        for c, ch in enumerate(self.choices):
-            bad = [k for k in ch.candidates if k not in raw and not 2 <= k < choice_input(c)]
-            if bad:
-                raise ValueError(
-                    f"choice {c}: candidate input {bad[0]} ({input_name(bad[0])}) is neither a "
-                    f"present raw input {raw} nor an earlier Choice"
-                )
-        self.decisions, self.choice_decisions = self._build_decisions()
-        self._seed = None if seed is None else self.validate(seed)
-
-    # ---- structure -------------------------------------------------------------------------
-
-    @property
-    def raw_inputs(self) -> tuple[int, ...]:
-        """Global indices of the raw inputs present in ``spec``."""
-        return tuple(
-            k for k, n in ((DENSE, self.spec.n_dense), (SPARSE, self.spec.n_sparse)) if n > 0
-        )
-
-    @property
-    def num_choices(self) -> int:
-        return len(self.choices)
+    decisions: tuple[Decision, ...]
+    name: str
 
     @property
     def num_decisions(self) -> int:
@@ -185,136 +144,16 @@ class SearchSpace:
     def encoding_size(self) -> int:
         return sum(d.cardinality for d in self.decisions)
 
-    def _build_decisions(self) -> tuple[tuple[Decision, ...], tuple[ChoiceDecisions, ...]]:
-        decisions: list[Decision] = []
-        per_choice = []
-        p = self.connection_prob
-
-        def add(**kw: Any) -> int:
-            labels = kw["labels"]
-            kw.setdefault("prior", tuple(1.0 / len(labels) for _ in labels))
-            decisions.append(Decision(**kw))
-            return len(decisions) - 1
-
-        for c, ch in enumerate(self.choices):
-            block = add(name=f"c{c}.block", choice=c, kind="block", labels=ch.blocks)
-            dims = {
-                b: add(
-                    name=f"c{c}.dim.{b}",
-                    choice=c,
-                    kind="dim",
-                    labels=ch.dims[b],
-                    condition=(block, frozenset({ch.blocks.index(b)})),
-                )
-                for b in ch.blocks
-                if b in CONNECTION_BLOCKS
-            }
-            conn_values = frozenset(i for i, b in enumerate(ch.blocks) if b in CONNECTION_BLOCKS)
-            conns = (
-                tuple(
-                    add(
-                        name=f"c{c}.in.{input_name(k)}",
-                        choice=c,
-                        kind="conn",
-                        labels=(False, True),
-                        prior=(round(1.0 - p, 12), p),  # no 0.19999999999999996
-                        condition=(block, conn_values),
-                        input=k,
-                    )
-                    for k in ch.candidates
-                )
-                if conn_values
-                else ()
-            )
-            pair_values = frozenset(i for i, b in enumerate(ch.blocks) if b in PAIRWISE_BLOCKS)
-            left = right = None
-            if pair_values:
-                left, right = (
-                    add(
-                        name=f"c{c}.{side}",
-                        choice=c,
-                        kind=side,
-                        labels=ch.candidates,
-                        condition=(block, pair_values),
-                    )
-                    for side in ("left", "right")
-                )
-            per_choice.append(ChoiceDecisions(block, dims, conns, left, right))
-        return tuple(decisions), tuple(per_choice)
-
-    # ---- validation and the value <-> Arch maps ----------------------------------------------
-
-    def validate(self, arch: Arch) -> Arch:
-        """Return ``arch`` if it belongs to this space, else raise naming the Choice and field."""
-        if len(arch.choices) != self.num_choices:
-            raise ValueError(
-                f"field 'choices': the Arch has {len(arch.choices)} Choices, "
-                f"space {self.name!r} has {self.num_choices}"
-            )
-        for c, (ch, sp) in enumerate(zip(arch.choices, self.choices, strict=True)):
-            if ch.block not in sp.blocks:
-                raise arch_error(
-                    c, "block", f"{ch.block!r} is not allowed here; allowed: {sp.blocks}"
-                )
-            fields = (("left", ch.left), ("right", ch.right))
-            fields = fields if ch.block in PAIRWISE_BLOCKS else (("inputs", k) for k in ch.inputs)
-            for name, k in fields:
-                if k not in sp.candidates:
-                    raise arch_error(
-                        c,
-                        name,
-                        f"input {k} ({input_name(k)}) is not a candidate; candidates: "
-                        f"{list(sp.candidates)}",
-                    )
-            if ch.block in CONNECTION_BLOCKS and ch.dim not in sp.dims[ch.block]:
-                raise arch_error(
-                    c, "dim", f"{ch.dim} is not an option of {ch.block}: {list(sp.dims[ch.block])}"
-                )
-        return arch
-
-    def arch_from_json(self, text: str) -> Arch:
-        """Parse and validate an Arch JSON document."""
-        return Arch.from_json(text, space=self)
-
-    def decode(self, values: Sequence[int] | torch.Tensor) -> Arch:
-        """Decision values (one int per decision) -> `Arch`. Inactive values are ignored."""
+    def check_values(self, values: Sequence[int] | torch.Tensor) -> list[int]:
+        """Decision values as ints, one per decision and each in range (else a ValueError
+        naming the decision): what `decode` accepts."""
         vals = [int(v) for v in (values.tolist() if isinstance(values, torch.Tensor) else values)]
         if len(vals) != self.num_decisions:
             raise ValueError(f"expected {self.num_decisions} decision values, got {len(vals)}")
         for d, v in zip(self.decisions, vals, strict=True):
             if not 0 <= v < d.cardinality:
                 raise ValueError(f"decision {d.name}: value {v} outside 0..{d.cardinality - 1}")
-        out = []
-        for sp, idx in zip(self.choices, self.choice_decisions, strict=True):
-            block = sp.blocks[vals[idx.block]]
-            if block in PAIRWISE_BLOCKS:
-                out.append(
-                    ChoiceArch(
-                        block,
-                        left=sp.candidates[vals[idx.left]],
-                        right=sp.candidates[vals[idx.right]],
-                    )
-                )
-            else:
-                on = tuple(k for k, j in zip(sp.candidates, idx.conns, strict=True) if vals[j] == 1)
-                dim = sp.dims[block][vals[idx.dims[block]]]
-                out.append(ChoiceArch(block, inputs=on or (sp.default_input,), dim=dim))
-        return Arch(tuple(out))
-
-    def values(self, arch: Arch) -> torch.Tensor:
-        """Inverse of `decode`: int64 ``(num_decisions,)``; inactive decisions are 0."""
-        self.validate(arch)
-        vals = [0] * self.num_decisions
-        for ch, sp, idx in zip(arch.choices, self.choices, self.choice_decisions, strict=True):
-            vals[idx.block] = sp.blocks.index(ch.block)
-            if ch.block in PAIRWISE_BLOCKS:
-                vals[idx.left] = sp.candidates.index(ch.left)
-                vals[idx.right] = sp.candidates.index(ch.right)
-            else:
-                vals[idx.dims[ch.block]] = sp.dims[ch.block].index(ch.dim)
-                for k, j in zip(sp.candidates, idx.conns, strict=True):
-                    vals[j] = int(k in ch.inputs)
-        return torch.tensor(vals, dtype=torch.long)
+        return vals
 
     def active(self, values: torch.Tensor) -> torch.Tensor:
         """Bool mask of the decisions that matter, for values ``(..., num_decisions)``."""
@@ -413,6 +252,190 @@ class SearchSpace:
             else:
                 out.append(torch.ones(d.cardinality))
         return out
+
+
+class SearchSpace(DecisionSpace):
+    """Choices, their decisions, and the architecture-level operations on them.
+
+    ``spec`` fixes the raw inputs (dense vector absent when ``n_dense == 0``, sparse
+    embeddings absent when ``n_sparse == 0``); ``embedding_dim`` is D of every 3-D tensor;
+    ``bottleneck`` is the middle width of the pairwise projections ``FC_ij``.
+    """
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        choices: Sequence[ChoiceSpec],
+        *,
+        embedding_dim: int,
+        bottleneck: int,
+        connection_prob: float = 0.8,
+        name: str = "custom",
+        seed: Arch | None = None,
+    ) -> None:
+        if not is_positive_int(embedding_dim):
+            raise ValueError(f"embedding_dim must be an int >= 1, got {embedding_dim!r}")
+        if not is_positive_int(bottleneck):
+            raise ValueError(f"bottleneck must be an int >= 1, got {bottleneck!r}")
+        if not 0.0 < connection_prob < 1.0:
+            raise ValueError(f"connection_prob must be in (0, 1), got {connection_prob}")
+        if not choices:
+            raise ValueError("a SearchSpace needs at least one Choice")
+        self.spec = spec
+        self.choices: tuple[ChoiceSpec, ...] = tuple(choices)
+        self.embedding_dim = int(embedding_dim)
+        self.bottleneck = int(bottleneck)
+        self.connection_prob = float(connection_prob)
+        self.name = name
+        raw = self.raw_inputs
+        for c, ch in enumerate(self.choices):
+            bad = [k for k in ch.candidates if k not in raw and not 2 <= k < choice_input(c)]
+            if bad:
+                raise ValueError(
+                    f"choice {c}: candidate input {bad[0]} ({input_name(bad[0])}) is neither a "
+                    f"present raw input {raw} nor an earlier Choice"
+                )
+        self.decisions, self.choice_decisions = self._build_decisions()
+        self._seed = None if seed is None else self.validate(seed)
+
+    # ---- structure -------------------------------------------------------------------------
+
+    @property
+    def raw_inputs(self) -> tuple[int, ...]:
+        """Global indices of the raw inputs present in ``spec``."""
+        return tuple(
+            k for k, n in ((DENSE, self.spec.n_dense), (SPARSE, self.spec.n_sparse)) if n > 0
+        )
+
+    @property
+    def num_choices(self) -> int:
+        return len(self.choices)
+
+    def _build_decisions(self) -> tuple[tuple[Decision, ...], tuple[ChoiceDecisions, ...]]:
+        decisions: list[Decision] = []
+        per_choice = []
+        p = self.connection_prob
+
+        def add(**kw: Any) -> int:
+            labels = kw["labels"]
+            kw.setdefault("prior", tuple(1.0 / len(labels) for _ in labels))
+            decisions.append(Decision(**kw))
+            return len(decisions) - 1
+
+        for c, ch in enumerate(self.choices):
+            block = add(name=f"c{c}.block", choice=c, kind="block", labels=ch.blocks)
+            dims = {
+                b: add(
+                    name=f"c{c}.dim.{b}",
+                    choice=c,
+                    kind="dim",
+                    labels=ch.dims[b],
+                    condition=(block, frozenset({ch.blocks.index(b)})),
+                )
+                for b in ch.blocks
+                if b in CONNECTION_BLOCKS
+            }
+            conn_values = frozenset(i for i, b in enumerate(ch.blocks) if b in CONNECTION_BLOCKS)
+            conns = (
+                tuple(
+                    add(
+                        name=f"c{c}.in.{input_name(k)}",
+                        choice=c,
+                        kind="conn",
+                        labels=(False, True),
+                        prior=(round(1.0 - p, 12), p),  # no 0.19999999999999996
+                        condition=(block, conn_values),
+                        input=k,
+                    )
+                    for k in ch.candidates
+                )
+                if conn_values
+                else ()
+            )
+            pair_values = frozenset(i for i, b in enumerate(ch.blocks) if b in PAIRWISE_BLOCKS)
+            left = right = None
+            if pair_values:
+                left, right = (
+                    add(
+                        name=f"c{c}.{side}",
+                        choice=c,
+                        kind=side,
+                        labels=ch.candidates,
+                        condition=(block, pair_values),
+                    )
+                    for side in ("left", "right")
+                )
+            per_choice.append(ChoiceDecisions(block, dims, conns, left, right))
+        return tuple(decisions), tuple(per_choice)
+
+    # ---- validation and the value <-> Arch maps ----------------------------------------------
+
+    def validate(self, arch: Arch) -> Arch:
+        """Return ``arch`` if it belongs to this space, else raise naming the Choice and field."""
+        if len(arch.choices) != self.num_choices:
+            raise ValueError(
+                f"field 'choices': the Arch has {len(arch.choices)} Choices, "
+                f"space {self.name!r} has {self.num_choices}"
+            )
+        for c, (ch, sp) in enumerate(zip(arch.choices, self.choices, strict=True)):
+            if ch.block not in sp.blocks:
+                raise arch_error(
+                    c, "block", f"{ch.block!r} is not allowed here; allowed: {sp.blocks}"
+                )
+            fields = (("left", ch.left), ("right", ch.right))
+            fields = fields if ch.block in PAIRWISE_BLOCKS else (("inputs", k) for k in ch.inputs)
+            for name, k in fields:
+                if k not in sp.candidates:
+                    raise arch_error(
+                        c,
+                        name,
+                        f"input {k} ({input_name(k)}) is not a candidate; candidates: "
+                        f"{list(sp.candidates)}",
+                    )
+            if ch.block in CONNECTION_BLOCKS and ch.dim not in sp.dims[ch.block]:
+                raise arch_error(
+                    c, "dim", f"{ch.dim} is not an option of {ch.block}: {list(sp.dims[ch.block])}"
+                )
+        return arch
+
+    def arch_from_json(self, text: str) -> Arch:
+        """Parse and validate an Arch JSON document."""
+        return Arch.from_json(text, space=self)
+
+    def decode(self, values: Sequence[int] | torch.Tensor) -> Arch:
+        """Decision values (one int per decision) -> `Arch`. Inactive values are ignored."""
+        vals = self.check_values(values)
+        out = []
+        for sp, idx in zip(self.choices, self.choice_decisions, strict=True):
+            block = sp.blocks[vals[idx.block]]
+            if block in PAIRWISE_BLOCKS:
+                out.append(
+                    ChoiceArch(
+                        block,
+                        left=sp.candidates[vals[idx.left]],
+                        right=sp.candidates[vals[idx.right]],
+                    )
+                )
+            else:
+                on = tuple(k for k, j in zip(sp.candidates, idx.conns, strict=True) if vals[j] == 1)
+                dim = sp.dims[block][vals[idx.dims[block]]]
+                out.append(ChoiceArch(block, inputs=on or (sp.default_input,), dim=dim))
+        return Arch(tuple(out))
+
+    def values(self, arch: Arch) -> torch.Tensor:
+        """Inverse of `decode`: int64 ``(num_decisions,)``; inactive decisions are 0."""
+        self.validate(arch)
+        vals = [0] * self.num_decisions
+        for ch, sp, idx in zip(arch.choices, self.choices, self.choice_decisions, strict=True):
+            vals[idx.block] = sp.blocks.index(ch.block)
+            if ch.block in PAIRWISE_BLOCKS:
+                vals[idx.left] = sp.candidates.index(ch.left)
+                vals[idx.right] = sp.candidates.index(ch.right)
+            else:
+                vals[idx.dims[ch.block]] = sp.dims[ch.block].index(ch.dim)
+                for k, j in zip(sp.candidates, idx.conns, strict=True):
+                    vals[j] = int(k in ch.inputs)
+        return torch.tensor(vals, dtype=torch.long)
 
     # ---- costs ---------------------------------------------------------------------------------
 

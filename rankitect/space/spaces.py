@@ -6,6 +6,7 @@ file with the same keys (see docs/space.md) and passing its path to `load_space`
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import rankitect
 from rankitect.data.spec import FeatureSpec
+from rankitect.models.blocks import is_positive_int
 from rankitect.space.arch import DENSE, SPARSE, Arch, ChoiceArch, choice_input
 from rankitect.space.blocks import (
     BLOCKS,
@@ -26,6 +28,7 @@ from rankitect.space.blocks import (
     PAIRWISE_GATING,
     PAIRWISE_SUM,
 )
+from rankitect.space.dhen import DHENSpace, dhen_space
 from rankitect.space.space import ChoiceSpec, SearchSpace
 
 # Grown space: the block families a seed block is completed with (paper §4.2.1).
@@ -57,9 +60,9 @@ def generic_space(
     ``blocks``: the blocks allowed in every Choice, or one list per Choice; ``dims``: output
     dimension options of each connection block.
     """
-    if num_choices < 1:
-        raise ValueError(f"num_choices must be >= 1, got {num_choices}")
-    if not distances or any(int(g) < 1 for g in distances):
+    if not is_positive_int(num_choices):
+        raise ValueError(f"num_choices must be an int >= 1, got {num_choices!r}")
+    if not distances or not all(is_positive_int(g) for g in distances):
         raise ValueError(f"distances must be positive ints, got {list(distances)}")
     per_choice = (
         [list(b) for b in blocks]
@@ -251,16 +254,21 @@ def grown_space(
 
 
 BUILD_SPACE_TARGET = "rankitect.space.build_space"
-SPACE_KINDS = {"generic": generic_space, "grown": grown_space}
+SPACE_KINDS = {"generic": generic_space, "grown": grown_space, "dhen": dhen_space}
 
 
 def build_space(
     feature_spec: FeatureSpec | Mapping[str, Any], kind: str, **options: Any
-) -> SearchSpace:
-    """Hydra target of ``conf/search_space/*.yaml``: ``kind`` (``generic`` | ``grown``) and
-    that builder's keyword options."""
+) -> SearchSpace | DHENSpace:
+    """Hydra target of ``conf/search_space/*.yaml``: ``kind`` (``generic`` | ``grown`` |
+    ``dhen``) and that builder's keyword options."""
     if kind not in SPACE_KINDS:
         raise ValueError(f"unknown search space kind {kind!r}; known: {sorted(SPACE_KINDS)}")
+    params = inspect.signature(SPACE_KINDS[kind]).parameters
+    known = set(params) - {"spec"}
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())  # checks its own keys
+    if not takes_any and (unknown := sorted(set(options) - known)):
+        raise ValueError(f"unknown {kind} search space key(s) {unknown}; known: {sorted(known)}")
     return SPACE_KINDS[kind](_as_spec(feature_spec), **options)
 
 
@@ -276,7 +284,7 @@ def shipped_spaces() -> list[str]:
 
 def load_space(
     name_or_yaml_path: str | Path | Mapping[str, Any], feature_spec: FeatureSpec | Mapping[str, Any]
-) -> SearchSpace:
+) -> SearchSpace | DHENSpace:
     """A shipped space by name (``conf/search_space/<name>.yaml``), a user's YAML file by path,
     or an already loaded config mapping, built for ``feature_spec``."""
     if isinstance(name_or_yaml_path, Mapping | DictConfig):

@@ -33,7 +33,10 @@ LABELS = {
 
 def arch_stats(space: SearchSpace, arch: Arch) -> dict[str, int]:
     """FLOPs, dense parameters, Choices reachable from the output, and their input edges
-    (distinct inputs read by each reachable Choice, raw inputs included)."""
+    (distinct inputs read by each reachable Choice, raw inputs included). A space without
+    Choices (the DHEN space) has the first two only."""
+    if not isinstance(space, SearchSpace):
+        return {"flops": space.flops(arch), "dense_params": space.params(arch)}
     cost = arch_cost(space, arch)
     used = arch.reachable()
     return {
@@ -48,7 +51,7 @@ def sample_stats(space: SearchSpace, n: int, seed: int = 0) -> dict[str, np.ndar
     """Statistics of ``n`` architectures drawn from the decisions' priors."""
     values = space.sample_values(torch.Generator().manual_seed(seed), n)
     rows = [arch_stats(space, space.decode(v)) for v in values]
-    return {k: np.array([r[k] for r in rows], dtype=np.int64) for k in STATS}
+    return {k: np.array([r[k] for r in rows], dtype=np.int64) for k in rows[0]}
 
 
 def plot_stats(
@@ -58,9 +61,9 @@ def plot_stats(
 
     Drawn on a bare `Figure` (Agg canvas), leaving pyplot's global backend alone.
     """
-    fig = Figure(figsize=(4 * len(STATS), 3.2))
-    axes = fig.subplots(1, len(STATS))
-    for ax, key in zip(axes, STATS, strict=True):
+    fig = Figure(figsize=(4 * len(stats), 3.2))
+    axes = fig.subplots(1, len(stats))
+    for ax, key in zip(axes, stats, strict=True):
         data = stats[key]
         discrete = key in ("choices_used", "connections")
         bins = np.arange(data.min() - 0.5, data.max() + 1.5) if discrete else 40
@@ -79,10 +82,12 @@ def plot_stats(
 
 def summary(space: SearchSpace, stats: dict[str, np.ndarray], seed: dict[str, int] | None) -> str:
     lines = [
-        f"space {space.name}: {space.num_choices} Choices, {space.num_decisions} decisions, "
+        f"space {space.name}: "
+        + (f"{space.num_choices} Choices, " if isinstance(space, SearchSpace) else "")
+        + f"{space.num_decisions} decisions, "
         f"size 10^{space.log10_size:.2f} architectures, {len(stats['flops'])} samples"
     ]
-    for key in STATS:
+    for key in stats:
         q = np.percentile(stats[key], [5, 50, 95])
         line = f"  {LABELS[key]:>20}: p5 {q[0]:,.0f}  median {q[1]:,.0f}  p95 {q[2]:,.0f}"
         if seed is not None:

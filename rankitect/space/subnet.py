@@ -153,10 +153,15 @@ class SubnetModel(nn.Module):
     projection ``FC_ij`` is built and computed once per forward.
     """
 
-    def __init__(self, space: SearchSpace, arch: Arch) -> None:
+    def __init__(self, space: SearchSpace, arch: Arch, dropout: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.space = space
         self.arch = space.validate(arch)
+        # dropout on every Choice output: regularises a retrained subnet on small data
+        # (BARS' Frappe baselines use 0.2-0.4); the search itself trains without it
+        self.dropout = float(dropout)
         d = space.embedding_dim
         shapes = arch_shapes(space, arch)
         # an architecture that never reads the embeddings has no table (and no unused weights)
@@ -194,6 +199,9 @@ class SubnetModel(nn.Module):
                 outs[choice_input(c)] = module(projected[key], outs[ch.right])
             else:
                 outs[choice_input(c)] = module([outs[k] for k in ch.inputs])
+            if self.dropout:
+                out = outs[choice_input(c)]
+                outs[choice_input(c)] = F.dropout(out, self.dropout, self.training)
         last = outs[choice_input(len(self.arch.choices) - 1)]
         return run_classifier(dict(self.classifier.named_parameters()), last)
 
@@ -211,10 +219,17 @@ class SubnetModel(nn.Module):
         return self.num_params() - table
 
 
-def materialize(space: SearchSpace, arch: Arch, supernet: Supernet | None = None) -> SubnetModel:
+def materialize(
+    space: SearchSpace, arch: Arch, supernet: Supernet | None = None, dropout: float = 0.0
+) -> SubnetModel:
     """Build the standalone model of ``arch``; with ``supernet``, copy its weights into it
-    (leading slices for smaller dimensions) so the subnet starts where the supernet is."""
-    model = SubnetModel(space, arch)
+    (leading slices for smaller dimensions) so the subnet starts where the supernet is.
+
+    A space other than a Choice `SearchSpace` (e.g. `rankitect.space.dhen.DHENSpace`)
+    materialises its own architectures (``space.materialize``)."""
+    if not isinstance(space, SearchSpace):
+        return space.materialize(arch, supernet, dropout=dropout)
+    model = SubnetModel(space, arch, dropout=dropout)
     if supernet is not None:
         with torch.no_grad():
             model.load_state_dict(supernet.subnet_params(arch))

@@ -25,6 +25,7 @@ from rankitect.data.datamodule import CTRDataModule
 from rankitect.data.source import CTRSplit
 from rankitect.metrics import WindowNormalizedEntropy
 from rankitect.space.arch import Arch
+from rankitect.space.factory import build_supernet
 from rankitect.space.space import SearchSpace
 from rankitect.space.subnet import materialize
 from rankitect.space.supernet import Supernet
@@ -200,7 +201,7 @@ class WeightSharingProxy(_TrainingProxy):
 
     def pretrain(self) -> Supernet:
         torch.manual_seed(self.seed)
-        supernet = Supernet(self.space)
+        supernet = build_supernet(self.space)
         opt = torch.optim.Adam(supernet.parameters(), lr=self.lr)
         loss_fn = nn.BCEWithLogitsLoss()
         gen = torch.Generator().manual_seed(self.seed + 1)
@@ -241,7 +242,7 @@ class WeightSharingProxy(_TrainingProxy):
                     f"no pre-trained supernet at {self.supernet_path} "
                     "(method.evaluator.supernet_path); the proposer's prepare() writes it"
                 )
-            supernet = Supernet(self.space)
+            supernet = build_supernet(self.space)
             supernet.load_state_dict(torch.load(self.supernet_path, weights_only=True))
             self._supernet = supernet.eval()
         return self._supernet

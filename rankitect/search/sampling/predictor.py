@@ -112,13 +112,25 @@ class NeuralPredictor:
     def _log_flops(self, archs: Sequence[Arch]) -> torch.Tensor:
         return torch.tensor([math.log(max(self.space.flops(a), 1)) for a in archs])
 
-    def fit(self, archs: Sequence[Arch], ne: Sequence[float]) -> NeuralPredictor:
-        """Train every ensemble member from scratch on all ``(archs, ne)``."""
+    def fit(
+        self,
+        archs: Sequence[Arch],
+        ne: Sequence[float],
+        cost: Sequence[float] | None = None,
+    ) -> NeuralPredictor:
+        """Train every ensemble member from scratch on all ``(archs, ne)``. The second head
+        learns log-FLOPs (`SearchSpace.flops`), or ``log(cost)`` when a positive ``cost`` per
+        architecture is given (e.g. measured seconds per example)."""
         if len(archs) != len(ne) or len(archs) < 2:
             raise ValueError(f"need >= 2 scored architectures to fit, got {len(archs)}")
         x = encode_archs(self.space, archs)
         y = torch.tensor([float(v) for v in ne])
-        f = self._log_flops(archs)
+        if cost is None:
+            f = self._log_flops(archs)
+        else:
+            if len(cost) != len(archs) or min(cost) <= 0:
+                raise ValueError("predictor cost targets must be positive, one per architecture")
+            f = torch.tensor([math.log(float(c)) for c in cost])
         self.ne_mean, self.ne_std = y.mean(), y.std().clamp_min(1e-8)
         self.f_mean, self.f_std = f.mean(), f.std().clamp_min(1e-8)
         y = (y - self.ne_mean) / self.ne_std
@@ -152,7 +164,8 @@ class NeuralPredictor:
     def predict_encoded(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Ensemble-mean ``(ne_score, flops)`` for encodings ``(n, E)``. ``ne_score`` is in
         standardised units (lower is better; with the pairwise loss only its order means
-        anything); ``flops`` is the FLOPs head mapped back to FLOPs."""
+        anything); ``flops`` is the second head mapped back to FLOPs (to the ``cost`` unit when
+        `fit` was given one)."""
         if not self.models:
             raise RuntimeError("the predictor has not been fitted")
         out = torch.stack([m(x) for m in self.models]).mean(0)
@@ -161,3 +174,12 @@ class NeuralPredictor:
 
     def predict(self, archs: Sequence[Arch]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.predict_encoded(encode_archs(self.space, archs))
+
+    @torch.no_grad()
+    def predict_standardised(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ensemble-mean ``(ne_score, cost_score)`` for encodings ``(n, E)``, both in the
+        training set's standardised units (lower is better), ready to mix into a reward."""
+        if not self.models:
+            raise RuntimeError("the predictor has not been fitted")
+        out = torch.stack([m(x) for m in self.models]).mean(0)
+        return out[:, 0], out[:, 1]

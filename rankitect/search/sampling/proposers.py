@@ -39,7 +39,10 @@ def propose_random(
 class RLSampler:
     """REINFORCE on the predictor's score: reward (a cost, lower is better) is
     ``predicted NE (standardised) + alpha * Cost(FLOPs)`` with the exact analytic FLOPs and
-    `flops_cost` against ``target_flops`` (``alpha = 0``: NE only).
+    `flops_cost` against ``target_flops`` (``alpha = 0``: NE only), plus ``beta`` times the
+    predictor's own cost head (standardised log-FLOPs or log-cost; ``beta = 0``: unused).
+    ``space`` is anything with the `SearchSpace` decision interface (``decisions``, ``active``,
+    ``decode``, ``values``, ``encode``, ``encoding_size``), e.g. the AutoML `JointSpace`.
 
     Args:
         steps: policy updates; ``batch`` architectures sampled per update.
@@ -59,6 +62,7 @@ class RLSampler:
         alpha: float = 0.0,
         target_flops: float | None = None,
         cost: str = "relu",
+        beta: float = 0.0,
         seed: int = 0,
     ) -> None:
         if steps < 1 or batch < 2:
@@ -75,14 +79,17 @@ class RLSampler:
         self.alpha = float(alpha)
         self.target_flops = target_flops
         self.cost = cost
+        self.beta = float(beta)
         self.seed = int(seed)
         self.policy: CategoricalPolicy | None = None
 
     def _rewards(
         self, predictor: NeuralPredictor, values: torch.Tensor, archs: list[Arch]
     ) -> torch.Tensor:
-        score, _ = predictor.predict_encoded(encode_values(self.space, values))
+        score, cost_score = predictor.predict_standardised(encode_values(self.space, values))
         reward = score.double()
+        if self.beta:
+            reward = reward + self.beta * cost_score.double()
         if self.alpha:
             flops = torch.tensor([self.space.flops(a) for a in archs], dtype=torch.float64)
             reward = reward + self.alpha * flops_cost(flops, float(self.target_flops), self.cost)

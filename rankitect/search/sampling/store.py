@@ -80,10 +80,10 @@ class Trial:
     error: str | None
 
     @classmethod
-    def from_row(cls, row: Any) -> Trial:
+    def from_row(cls, row: Any, arch_type: Any = Arch) -> Trial:
         return cls(
             id=row.id,
-            arch=Arch.from_json(row.arch_json),
+            arch=arch_type.from_json(row.arch_json),
             arch_key=row.arch_key,
             budget=int(row.budget),
             stage=row.stage,
@@ -117,10 +117,14 @@ def _sqlite_immediate(engine: sa.Engine) -> None:
 
 class TrialStore:
     """A shared table of trials behind an SQLAlchemy URL (``sqlite:///path.db``,
-    ``postgresql+psycopg://...``). Safe to open from many processes and machines."""
+    ``postgresql+psycopg://...``). Safe to open from many processes and machines.
 
-    def __init__(self, url: str, *, busy_timeout_s: float = 60.0) -> None:
+    ``arch_type`` parses the stored ``arch_json`` back (its ``from_json``): `Arch` here, the
+    AutoML search's `JointConfig` (architecture + hyper-parameters) there."""
+
+    def __init__(self, url: str, *, busy_timeout_s: float = 60.0, arch_type: Any = Arch) -> None:
         self.url = url
+        self.arch_type = arch_type
         is_sqlite = sa.make_url(url).get_backend_name() == "sqlite"
         kwargs: dict[str, Any] = {}
         if is_sqlite:
@@ -241,7 +245,7 @@ class TrialStore:
                 ).rowcount
                 if claimed == 1:
                     row = conn.execute(sa.select(trials).where(trials.c.id == trial_id)).one()
-                    return Trial.from_row(row)
+                    return Trial.from_row(row, self.arch_type)
             # Lost the race for this row to another worker (PostgreSQL READ COMMITTED): retry.
         return None
 
@@ -295,7 +299,7 @@ class TrialStore:
         if budget is not None:
             q = q.where(trials.c.budget == budget)
         with self.engine.begin() as conn:
-            return [Trial.from_row(r) for r in conn.execute(q).all()]
+            return [Trial.from_row(r, self.arch_type) for r in conn.execute(q).all()]
 
     def counts(self, ids: Iterable[int] | None = None) -> dict[str, int]:
         """Number of trials per status (among ``ids`` when given)."""
