@@ -261,13 +261,15 @@ def run_row(path: Path, res: dict[str, Any], sources: dict[Path, dict | None]) -
 
 
 def _disambiguate(table: pd.DataFrame) -> pd.Series:
-    """Labels made unique: repeated ones get their seed, or a run number, appended."""
+    """Labels made unique: repeated ones get their space, their seed, or a run number."""
     labels = table["label"].copy()
     for label, group in table.groupby("label", sort=False):
         if len(group) == 1:
             continue
-        seeds = group["seed"]
-        if seeds.notna().all() and seeds.nunique() == len(group):
+        spaces, seeds = group["space"], group["seed"]
+        if spaces.notna().all() and spaces.nunique() == len(group):
+            labels[group.index] = [f"{label} ({sp})" for sp in spaces]
+        elif seeds.notna().all() and seeds.nunique() == len(group):
             labels[group.index] = [f"{label} (seed {int(s)})" for s in seeds]
         else:
             labels[group.index] = [f"{label} #{i}" for i in range(1, len(group) + 1)]

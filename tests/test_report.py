@@ -46,11 +46,11 @@ def train_run(path, model, flops, ne, auc=0.7, seed=0, arch_file=None, **extra):
     })  # fmt: skip
 
 
-def search_run(path, method, flops, target, params=123, seconds=12.0):
+def search_run(path, method, flops, target, params=123, seconds=12.0, space="rankitect"):
     path.mkdir(parents=True, exist_ok=True)
     (path / "best_arch.json").write_text('{"choices": []}\n')
     return write(path, {
-        "kind": "search", "method": method, "space": "rankitect", "model": f"{method}:rankitect",
+        "kind": "search", "method": method, "space": space, "model": f"{method}:{space}",
         "flops": flops, "params": params, "target_flops": target, "search_seconds": seconds,
         "supernet_val": {"ne": 0.9}, "seed": 0, "config": {"data": SYNTHETIC},
     })  # fmt: skip
@@ -134,6 +134,16 @@ def test_labels_kinds_and_fields(runs):
     # An arch from a file that is no search run keeps its model name; repeats get the seed.
     assert t.loc["arch:tie (seed 1)", "kind"] == "arch"
     assert t.loc["dnn", "data"] == "SyntheticCTR"
+
+
+def test_same_method_and_target_in_two_spaces_are_labelled_by_space(tmp_path):
+    for space, flops in (("rankitect", 400), ("dhen2", 500)):
+        search_run(tmp_path / space, "oneshot_rl", flops, 40000, space=space)
+    train_run(tmp_path / "dnn", "dnn", 700, 0.5)
+    labels = set(build_report([tmp_path]).table["label"])
+    assert labels == {
+        "dnn", "oneshot_rl@40k (search) (rankitect)", "oneshot_rl@40k (search) (dhen2)",
+    }  # fmt: skip
 
 
 def test_ne_gain_over_a_baseline(runs):

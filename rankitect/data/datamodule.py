@@ -102,6 +102,17 @@ class ResumableDataLoader(DataLoader):
         self._skip = int(state["batches"]) % len(self)
 
 
+def check_loader_options(
+    on_bad_row: str, batch_size: int, eval_batch_size: int | None, num_workers: int
+) -> None:
+    """The options every data module shares, checked where they enter."""
+    check_on_bad_row(on_bad_row)
+    if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+        raise ValueError("batch sizes must be >= 1")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+
+
 class CTRDataModule(L.LightningDataModule):
     """Train / val / test batches ``(dense float32 (B, n_dense), sparse int64 (B, n_sparse),
     label float32 (B,))`` from a source built by Hydra (`CategoricalCSVReader`,
@@ -141,11 +152,7 @@ class CTRDataModule(L.LightningDataModule):
         super().__init__()
         if not isinstance(source, CTRSource):
             raise TypeError(f"source must have fingerprint() and load(), got {type(source)}")
-        check_on_bad_row(on_bad_row)
-        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-            raise ValueError("batch sizes must be >= 1")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        check_loader_options(on_bad_row, batch_size, eval_batch_size, num_workers)
         self.source = source
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from rankitect.data.datamodule import check_loader_options
 from rankitect.data.delimited import (
     _NL,
     _PAD,
@@ -440,11 +441,7 @@ class StreamingCTRDataModule(L.LightningDataModule):
         on_bad_row: OnBadRow = "error",
     ) -> None:
         super().__init__()
-        check_on_bad_row(on_bad_row)
-        if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-            raise ValueError("batch sizes must be >= 1")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        check_loader_options(on_bad_row, batch_size, eval_batch_size, num_workers)
         self.source = source
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)

@@ -9,20 +9,13 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
-from omegaconf import DictConfig, OmegaConf
 
 from rankitect.callbacks.flops_regularizer import FlopsRegularizer
 from rankitect.callbacks.temperature import GumbelTemperature
 from rankitect.lit.dnas_module import DNASModule
-from rankitect.search.method import SearchMethod
+from rankitect.search.method import SearchMethod, to_plain
 from rankitect.search.outcome import SearchOutcome
 from rankitect.space.space import SearchSpace
-
-
-def _plain(cfg: Mapping[str, Any] | DictConfig | None) -> dict[str, Any]:
-    if cfg is None:
-        return {}
-    return dict(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg)
 
 
 def _check_keys(prefix: str, options: Mapping[str, Any], cls: type, exclude=frozenset()) -> None:
@@ -69,7 +62,7 @@ class DNAS(SearchMethod):
             max_realisations=flops_max_realisations,
         )
         self.regularizer = regularizer if alpha > 0 else None
-        temperature = _plain(temperature)
+        temperature = to_plain(temperature)
         _check_keys("temperature.", temperature, GumbelTemperature)
         _check_keys("", module, DNASModule, exclude={"space", "temperature"})
         self.temperature = GumbelTemperature(**temperature)

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig, OmegaConf
 
 from rankitect.search.outcome import SearchOutcome
 from rankitect.space.space import SearchSpace
+
+
+def to_plain(cfg: Mapping[str, Any] | DictConfig | None) -> dict[str, Any]:
+    """A method's sub-config (a Hydra node or a plain mapping; None: empty) as a plain dict."""
+    if cfg is None:
+        return {}
+    return dict(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg)
 
 
 class SearchMethod(ABC):

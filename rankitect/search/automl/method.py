@@ -34,6 +34,7 @@ from rankitect.search.automl.curves import (
 )
 from rankitect.search.automl.evaluator import CurveEvaluator
 from rankitect.search.automl.space import JointConfig, JointSpace, model_key
+from rankitect.search.method import to_plain
 from rankitect.search.outcome import SearchOutcome
 from rankitect.search.reinforce import seeded_generator
 from rankitect.search.sampling.method import one_thread
@@ -72,10 +73,6 @@ def new_models(configs: list[JointConfig], tried: set[str], n: int) -> list[Join
     return out
 
 
-def _plain(x: Any) -> Any:
-    return OmegaConf.to_container(x, resolve=True) if isinstance(x, DictConfig) else x
-
-
 class AutoMLSearch:
     """``conf/method/automl.yaml``; see the module docstring and docs/automl.md."""
 
@@ -111,9 +108,9 @@ class AutoMLSearch:
                 f"method.trials ({trials}) must be >= method.pilots + method.initial_size "
                 f"({pilots + initial_size})"
             )
-        self.hparams = dict(_plain(hparams) or {})
-        self.fixed = dict(_plain(fixed) or {})
-        self.low_fidelity = dict(_plain(low_fidelity))
+        self.hparams = dict(to_plain(hparams) or {})
+        self.fixed = dict(to_plain(fixed) or {})
+        self.low_fidelity = dict(to_plain(low_fidelity))
         unknown = set(self.low_fidelity) - LOW_FIDELITY_KEYS
         missing = {"full_examples", "eval_every", "candidates"} - set(self.low_fidelity)
         if unknown or missing:
@@ -132,11 +129,11 @@ class AutoMLSearch:
         self.rank_by = lf.get("rank_by", "extrapolated")
         if self.rank_by not in RANK_BY:
             raise ValueError(f"method.low_fidelity.rank_by must be one of {RANK_BY}")
-        self.predictor_cfg = dict(_plain(predictor))
+        self.predictor_cfg = dict(to_plain(predictor))
         self.cost = self.predictor_cfg.pop("cost", "flops")
         if self.cost not in COSTS:
             raise ValueError(f"method.predictor.cost must be one of {COSTS}, got {self.cost!r}")
-        self.sampler_cfg = dict(_plain(sampler))
+        self.sampler_cfg = dict(to_plain(sampler))
         self.strategy = strategy
         self.trials = int(trials)
         self.pilots = int(pilots)

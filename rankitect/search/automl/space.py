@@ -13,14 +13,13 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import torch
 
 from rankitect.space import load_space
 from rankitect.space.arch import Arch
-from rankitect.space.space import Decision, SearchSpace
+from rankitect.space.space import Decision, DecisionSpace, SearchSpace
 
 # Every hyper-parameter a trial trains with; a name missing from the searched ``hparams``
 # block takes its value from ``defaults`` (embedding_dim: the architecture space's own).
@@ -78,8 +77,11 @@ def check_hparams(hparams: Mapping[str, Any] | None, key: str = "method.hparams"
     return out
 
 
-class JointSpace:
+class JointSpace(DecisionSpace):
     """An architecture space (the config of any shipped or user space) + hyper-parameters.
+
+    The hyper-parameters are extra unconditional decisions after the architecture's, so the
+    decision interface (`active`, `encode`, `priors`, ...) is `DecisionSpace`'s.
 
     Args:
         space_cfg: the ``search_space`` config mapping (as `load_space` takes it).
@@ -142,14 +144,6 @@ class JointSpace:
     # ---- the decision interface ---------------------------------------------------------------
 
     @property
-    def num_decisions(self) -> int:
-        return len(self.decisions)
-
-    @cached_property
-    def encoding_size(self) -> int:
-        return sum(d.cardinality for d in self.decisions)
-
-    @property
     def log10_size(self) -> float:
         return self.base.log10_size + sum(math.log10(len(o)) for o in self.hparams.values())
 
@@ -184,21 +178,8 @@ class JointSpace:
         extra = [self.hparams[name].index(hp[name]) for name in self.hparams]
         return torch.cat([self.base.values(config.arch), torch.tensor(extra, dtype=torch.long)])
 
-    def active(self, values: torch.Tensor) -> torch.Tensor:
-        n = self.num_arch_decisions
-        arch = self.base.active(values[..., :n])
-        return torch.cat([arch, torch.ones_like(values[..., n:], dtype=torch.bool)], dim=-1)
-
-    def encode(self, config: JointConfig) -> torch.Tensor:
-        hp = config.hparam_dict
-        parts = [self.base.encode(config.arch)]
-        for name, opts in self.hparams.items():
-            one = torch.zeros(len(opts))
-            one[opts.index(hp[name])] = 1.0
-            parts.append(one)
-        return torch.cat(parts)
-
     def sample_values(self, generator: torch.Generator, n: int | None = None) -> torch.Tensor:
+        # the architecture part exactly as the base space draws it, then uniform hyper-parameters
         arch = self.base.sample_values(generator, 1 if n is None else n)
         cards = torch.tensor([len(o) for o in self.hparams.values()], dtype=torch.float64)
         u = torch.rand((arch.shape[0], len(cards)), generator=generator, dtype=torch.float64)
@@ -208,9 +189,6 @@ class JointSpace:
 
     def sample(self, generator: torch.Generator) -> JointConfig:
         return self.decode(self.sample_values(generator))
-
-    def priors(self) -> list[torch.Tensor]:
-        return [torch.tensor(d.prior) for d in self.decisions]
 
     # ---- what a trial trains ------------------------------------------------------------------
 

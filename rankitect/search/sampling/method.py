@@ -26,6 +26,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from rankitect.search.method import to_plain
 from rankitect.search.outcome import SearchOutcome
 from rankitect.search.reinforce import seeded_generator
 from rankitect.search.sampling.halving import successive_halving
@@ -71,10 +72,6 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _plain(x: Any) -> Any:
-    return OmegaConf.to_container(x, resolve=True) if isinstance(x, DictConfig) else x
-
-
 class SamplingSearch:
     """``conf/method/sampling.yaml``; see the module docstring and docs/sampling.md."""
 
@@ -108,10 +105,10 @@ class SamplingSearch:
             raise ValueError(f"method.proxy_budget must be >= 1, got {proxy_budget}")
         if heartbeat_s >= stale_after_s:
             raise ValueError("method.heartbeat_s must be well below method.stale_after_s")
-        self.evaluator_cfg = dict(_plain(evaluator))
-        self.predictor_cfg = dict(_plain(predictor))
-        self.sampler_cfg = dict(_plain(sampler))
-        self.halving_cfg = dict(_plain(halving))
+        self.evaluator_cfg = dict(to_plain(evaluator))
+        self.predictor_cfg = dict(to_plain(predictor))
+        self.sampler_cfg = dict(to_plain(sampler))
+        self.halving_cfg = dict(to_plain(halving))
         unknown = set(self.halving_cfg) - HALVING_KEYS
         if unknown or "budgets" not in self.halving_cfg:
             raise ValueError(
