@@ -219,13 +219,7 @@ class AutoMLSearch:
             "low_fidelity": self.low_fidelity,
             "seed": self.seed,
         }
-        previous = store.get_meta(CONFIG_KEY)
-        if previous is not None and previous != config:
-            raise ValueError(
-                f"the trial store {store.display_url} holds a search with another data, "
-                "search_space, hparams, fixed or low_fidelity config; use a new method.store"
-            )
-        store.set_meta(CONFIG_KEY, config)
+        store.bind_config(CONFIG_KEY, config, "data, search_space, hparams, fixed or low_fidelity")
         return store
 
     def run(

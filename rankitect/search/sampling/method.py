@@ -185,13 +185,7 @@ class SamplingSearch:
             "search_space": OmegaConf.to_container(cfg.search_space, resolve=True),
             "evaluator": self.evaluator_cfg,
         }
-        previous = store.get_meta(CONFIG_KEY)
-        if previous is not None and previous != config:
-            raise ValueError(
-                f"the trial store {store.display_url} holds a search with another data, "
-                "search_space or method.evaluator config; use a new method.store to start afresh"
-            )
-        store.set_meta(CONFIG_KEY, config)
+        store.bind_config(CONFIG_KEY, config, "data, search_space or method.evaluator")
         store.set_meta(STATE_KEY, "running")
         return store
 

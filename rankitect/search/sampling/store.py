@@ -153,6 +153,17 @@ class TrialStore:
             ).scalar_one_or_none()
         return None if value is None else json.loads(value)
 
+    def bind_config(self, key: str, config: dict[str, Any], what: str) -> None:
+        """Record the search ``config`` under ``key``; a store that already holds a different
+        one belongs to another search (``what`` names its keys in the error)."""
+        previous = self.get_meta(key)
+        if previous is not None and previous != config:
+            raise ValueError(
+                f"the trial store {self.display_url} holds a search with another {what} config; "
+                "use a new method.store to start afresh"
+            )
+        self.set_meta(key, config)
+
     def set_meta(self, key: str, value: Any) -> None:
         text = json.dumps(value, sort_keys=True)
         with self.engine.begin() as conn:
