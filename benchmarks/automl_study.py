@@ -63,7 +63,7 @@ def arm_config(arm: str, args: argparse.Namespace):
     if arm == "random":
         overrides.append("method.strategy=random")
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("search", overrides=overrides)
+        cfg = compose("search", overrides=["final=none", *overrides])
     if arm == "sampling":
         with open_dict(cfg):
             cfg.method.hparams = {}  # an override would merge into the default options

@@ -9,7 +9,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 for data in synthetic frappe; do
   root=(); [ "$data" = frappe ] && root=("data.source.root=$frappe")
   for m in oneshot_rl dnas; do
-    rankitect-search method=$m data=$data "${root[@]}" trainer.enable_progress_bar=false \
+    rankitect-search method=$m final=none data=$data "${root[@]}" trainer.enable_progress_bar=false \
       hydra.run.dir="$out/$data-$m"
     if [ "$data" = frappe ]; then
       retrain=(experiment=frappe_bars "${root[@]}" trainer.max_epochs=10)

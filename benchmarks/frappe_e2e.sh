@@ -33,7 +33,7 @@ for target in $targets; do
         args=("${rl_args[@]}"); [ "$method" = dnas ] && args=("${dnas_args[@]}")
         mkdir -p "$(dirname "$run")" "$(dirname "$train")"
         # the search's CPU seconds (user + system), for the docs' table
-        /usr/bin/time -f "%U %S" -o "$run.cpu" rankitect-search "method=$method" \
+        /usr/bin/time -f "%U %S" -o "$run.cpu" rankitect-search "method=$method" final=none \
           "search_space=$space" "method.target_flops=$target" "${common[@]}" "${args[@]}" \
           hydra.run.dir="$run" > "$run.log" 2>&1
       fi

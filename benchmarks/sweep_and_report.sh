@@ -32,7 +32,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 quiet=(trainer.enable_progress_bar=false trainer.enable_model_summary=false logger=none)
 
 # 1. One search job per FLOPs target: $out/search/<job num>/{best_arch,results}.json
-rankitect-search -m method="$method" search_space="$space" data="$data" "${data_args[@]}" \
+rankitect-search -m final=none method="$method" search_space="$space" data="$data" "${data_args[@]}" \
   method.target_flops="$targets" "${search_args[@]}" "${quiet[@]}" hydra.sweep.dir="$out/search"
 
 # 2. Every found architecture trained alone: $out/retrain/<job num>/results.json

@@ -72,12 +72,18 @@ class Report:
     metric: str
     dirs: list[Path]
     baseline: str | None = None
-    baseline_ne: float | None = None
+    # data set -> the baseline's NE on it (its mean over runs), for the data sets it ran on
+    baseline_ne: dict[str, float] = field(default_factory=dict)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
     @property
     def higher_is_better(self) -> bool:
         return METRICS[self.metric]
+
+    @property
+    def datasets(self) -> list[str]:
+        """The data sets of the runs with the metric, each with its own front."""
+        return list(dict.fromkeys(self.table.loc[self.table[self.metric].notna(), "data"]))
 
 
 def metric_label(metric: str) -> str:
@@ -144,11 +150,14 @@ def _config(res: dict[str, Any], *keys: str) -> Any:
     return node
 
 
-def _data_name(res: dict[str, Any]) -> str | None:
+UNKNOWN_DATA = "unknown data"
+
+
+def _data_name(res: dict[str, Any]) -> str:
     """The data source's class, and its file or folder where it reads one."""
     source = _config(res, "data", "source")
     if not isinstance(source, dict) or not source.get("_target_"):
-        return None
+        return UNKNOWN_DATA
     name = str(source["_target_"]).rsplit(".", 1)[-1]
     where = source.get("root") or source.get("path")
     return f"{name}:{Path(str(where)).name}" if where else name
@@ -261,14 +270,17 @@ def run_row(path: Path, res: dict[str, Any], sources: dict[Path, dict | None]) -
 
 
 def _disambiguate(table: pd.DataFrame) -> pd.Series:
-    """Labels made unique: repeated ones get their space, their seed, or a run number."""
+    """Labels made unique: repeated ones get their space, their data, their seed, or a run
+    number."""
     labels = table["label"].copy()
     for label, group in table.groupby("label", sort=False):
         if len(group) == 1:
             continue
-        spaces, seeds = group["space"], group["seed"]
+        spaces, seeds, data = group["space"], group["seed"], group["data"]
         if spaces.notna().all() and spaces.nunique() == len(group):
             labels[group.index] = [f"{label} ({sp})" for sp in spaces]
+        elif data.nunique() == len(group):  # the folder or file where there is one
+            labels[group.index] = [f"{label} ({d.rsplit(':', 1)[-1]})" for d in data]
         elif seeds.notna().all() and seeds.nunique() == len(group):
             labels[group.index] = [f"{label} (seed {int(s)})" for s in seeds]
         else:
@@ -342,17 +354,19 @@ def build_report(
             else ""
         )
         raise ReportError(f"no run under {where} has {metric}: found {kinds} runs{hint}")
-    if table.loc[has_metric, "data"].nunique() > 1:
-        log.warning(
-            "the plotted runs come from different data: %s",
-            ", ".join(map(str, table.loc[has_metric, "data"].dropna().unique())),
-        )
+    # NE on one data set says nothing about NE on another: one front per data set.
     table["on_front"] = False
-    table.loc[has_metric, "on_front"] = pareto_mask(
-        table.loc[has_metric, "flops"], table.loc[has_metric, metric], METRICS[metric]
+    for _, group in table[has_metric].groupby("data", sort=False):
+        table.loc[group.index, "on_front"] = pareto_mask(
+            group["flops"], group[metric], METRICS[metric]
+        )
+    datasets = table.loc[has_metric, "data"].unique()
+    if len(datasets) > 1:
+        log.info("%d data sets, one front each: %s", len(datasets), ", ".join(datasets))
+    # Runs with the metric first, by data set, each group by FLOPs.
+    order = table.assign(_no_metric=~has_metric).sort_values(
+        ["_no_metric", "data", "flops", "label"]
     )
-    # Runs with the metric first, each group by FLOPs.
-    order = table.assign(_no_metric=~has_metric).sort_values(["_no_metric", "flops", "label"])
     table = order.drop(columns="_no_metric").reset_index(drop=True)
     report = Report(table=table, metric=metric, dirs=dirs, skipped=skipped)
     if baseline is not None:
@@ -362,7 +376,8 @@ def build_report(
 
 def _add_ne_gain(report: Report, baseline: str) -> None:
     """NE gain in % over the baseline's NE on the split of the chosen metric (the paper's
-    "NE gain": positive is better); the mean NE of its runs if it has several."""
+    "NE gain": positive is better), on the same data set (none where the baseline did not run
+    on a run's data); the mean NE of its runs if it has several."""
     table = report.table
     ne = f"{report.metric.split('_', 1)[0]}_ne"
     matches = table[(table["kind"] != "search") & (table["model"] == baseline)]
@@ -370,15 +385,19 @@ def _add_ne_gain(report: Report, baseline: str) -> None:
         models = sorted(table.loc[table["kind"] != "search", "model"].unique())
         raise ReportError(
             f"--baseline {baseline!r} matches no training run; models found: "
-            f"{', '.join(models) or 'none'}"
+            f"{', '.join(models) or 'none'} (train it first, e.g. rankitect-train "
+            f"model={baseline}, on the same data)"
         )
-    values = matches[ne].dropna()
+    values = matches.dropna(subset=[ne])
     if values.empty:
         raise ReportError(f"--baseline {baseline!r}: its runs have no {ne}")
-    if len(values) > 1:
-        log.info("baseline %s: mean %s of %d runs", baseline, ne, len(values))
-    report.baseline, report.baseline_ne = baseline, float(values.mean())
-    table["ne_gain_pct"] = (report.baseline_ne - table[ne]) / report.baseline_ne * 100.0
+    for data, group in values.groupby("data", sort=False):
+        if len(group) > 1:
+            log.info("baseline %s on %s: mean %s of %d runs", baseline, data, ne, len(group))
+        report.baseline_ne[data] = float(group[ne].mean())
+    report.baseline = baseline
+    base = table["data"].map(report.baseline_ne)
+    table["ne_gain_pct"] = (base - table[ne]) / base * 100.0
 
 
 KIND_STYLE = {  # kind -> legend, marker, colour
@@ -390,14 +409,30 @@ KIND_STYLE = {  # kind -> legend, marker, colour
 
 def plot_report(report: Report, title: str | None = None) -> bytes:
     """PNG of the chosen metric against FLOPs: one point per run with the metric, the front
-    as a step line with its points ringed."""
+    as a step line with its points ringed; one panel per data set."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     metric, table = report.metric, report.table
-    pts = table[table[metric].notna()]
-    fig = Figure(figsize=(8.5, 5.5))
-    ax = fig.subplots()
+    datasets = report.datasets
+    fig = Figure(figsize=(8.5, 5.5 * len(datasets)))
+    axes = fig.subplots(len(datasets), 1, squeeze=False)[:, 0]
+    title = title or f"{metric_label(metric)} vs FLOPs"
+    for ax, data in zip(axes, datasets, strict=True):
+        pts = table[table[metric].notna() & (table["data"] == data)]
+        _plot_panel(ax, pts, report)
+        ax.set_title(title if len(datasets) == 1 else f"{title}: {data}")
+    fig.tight_layout()
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    for ax, data in zip(axes, datasets, strict=True):
+        _place_labels(ax, table[table[metric].notna() & (table["data"] == data)], metric, renderer)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    return buf.getvalue()
+
+
+def _plot_panel(ax: Any, pts: pd.DataFrame, report: Report) -> None:
+    metric = report.metric
     for kind, (name, marker, colour) in KIND_STYLE.items():
         sub = pts[pts["kind"] == kind]
         if not sub.empty:
@@ -432,16 +467,10 @@ def plot_report(report: Report, title: str | None = None) -> bytes:
     ax.set_xlabel("FLOPs per example")
     better = "higher" if report.higher_is_better else "lower"
     ax.set_ylabel(f"{metric_label(metric)} ({better} is better)")
-    ax.set_title(title or f"{metric_label(metric)} vs FLOPs")
     ax.grid(alpha=0.3)
     ax.grid(alpha=0.08, which="minor")
     ax.margins(x=0.12, y=0.1)
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    _place_labels(ax, pts, metric, FigureCanvasAgg(fig).get_renderer())
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    return buf.getvalue()
 
 
 LABEL_OFFSETS = (5, -13, 17, -25, 29, -37, 41, -49)  # points above/below a marker
@@ -519,21 +548,31 @@ def markdown(report: Report, title: str | None = None) -> str:
         at = list(headers).index("ne_gain_pct")
         items = list(headers.items())
         headers = dict([*items[:at], (report.metric, metric_label(report.metric)), *items[at:]])
+    datasets = report.datasets
+    if len(datasets) > 1:  # the data set is the first column after the front mark
+        headers = {"on_front": headers.pop("on_front"), "data": "data", **headers}
     cols = [c for c in headers if c in ("on_front", "label") or t[c].notna().any()]
     n_plot = int(t[report.metric].notna().sum())
     better = "higher" if report.higher_is_better else "lower"
+    fronts = (
+        "Pareto front" if len(datasets) == 1 else f"One Pareto front per data set ({len(datasets)})"
+    )
     lines = [
         f"# {title or metric_label(report.metric) + ' vs FLOPs'}",
         "",
-        f"Pareto front of FLOPs per example (lower is better) against {metric_label(report.metric)}"
+        f"{fronts} of FLOPs per example (lower is better) against {metric_label(report.metric)}"
         f" ({better} is better): {int(t['on_front'].sum())} of {n_plot} runs with "
         f"{report.metric} are on it (marked). {len(t) - n_plot} runs have no {report.metric}.",
     ]
     if report.baseline is not None:
         ne = f"{report.metric.split('_', 1)[0]}_ne"
+        on = "; ".join(
+            f"{v:.4f}" if len(datasets) == 1 else f"{v:.4f} on {d}"
+            for d, v in report.baseline_ne.items()
+        )
         lines.append(
             f"NE gain % = (NE_base - NE) / NE_base * 100 on {ne}, against `{report.baseline}` "
-            f"({ne} {report.baseline_ne:.4f})."
+            f"on the same data ({ne} {on})."
         )
     lines += ["", "| " + " | ".join(headers[c] for c in cols) + " |", "|" + "---|" * len(cols)]
     for _, r in t.iterrows():

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
 import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import lightning as L
 import torch
@@ -26,18 +28,38 @@ from rankitect.lit import CTRModule
 log = logging.getLogger(__name__)
 
 
-def build_logger(cfg: DictConfig | None, output_dir: Path):
-    """The experiment logger of ``cfg.logger`` writing under ``output_dir``; False for none."""
+def build_logger(cfg: DictConfig | None, output_dir: Path, config: dict[str, Any] | None = None):
+    """The experiment logger of ``cfg.logger`` writing under ``output_dir``; False for none.
+    ``config`` (the run's resolved config) is logged as its hyper-parameters, so that the run
+    in wandb, TensorBoard or the CSV logger's hparams.yaml says what made it."""
     if cfg is None:
         return False
-    return instantiate(cfg, save_dir=str(output_dir))
+    logger = instantiate(cfg, save_dir=str(output_dir))
+    if config is not None:
+        logger.log_hyperparams(config)
+    return logger
 
 
-def finish_logger(logger) -> None:
-    """Close a wandb run so the next job of a multirun starts a fresh one."""
+# What a wandb run keeps of the run directory: the results and the found architecture.
+RUN_FILES = ("results.json", "best_arch.json")
+
+
+def finish_logger(logger, output_dir: Path | None = None) -> None:
+    """Close a wandb run so the next job of a multirun starts a fresh one, after saving the
+    `RUN_FILES` of ``output_dir`` with it and the FLOPs, parameters and architecture of its
+    ``results.json`` in its summary."""
     experiment = getattr(logger, "_experiment", None)
-    if experiment is not None and hasattr(experiment, "finish"):
-        experiment.finish()
+    if experiment is None or not hasattr(experiment, "finish"):
+        return
+    if output_dir is not None:
+        files = [Path(output_dir) / name for name in RUN_FILES]
+        for path in filter(Path.is_file, files):
+            experiment.save(str(path), base_path=str(path.parent), policy="now")
+        if files[0].is_file():
+            results = json.loads(files[0].read_text())
+            summary = {k: results[k] for k in ("model", "flops", "params", "arch") if k in results}
+            experiment.summary.update(summary)
+    experiment.finish()
 
 
 def model_name(cfg: DictConfig) -> str:
@@ -91,6 +113,57 @@ class FitProgress(Callback):
         trainer.callback_metrics["fit/epochs"] = torch.tensor(trainer.current_epoch)
 
 
+class LogProgress(Callback):
+    """Progress as log lines, where a progress bar would be written to a file or a pipe (and
+    become one endless line): every ``every_s`` seconds of training and after every
+    validation, the epoch, the step (of the total when known) and the metrics the bar shows."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        self.every_s = float(every_s)
+        self._last = 0.0
+
+    def _log(self, trainer: L.Trainer, what: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        total = trainer.estimated_stepping_batches
+        of = f"/{int(total)}" if total != float("inf") else ""
+        metrics = ", ".join(
+            f"{k}={float(v):.4g}" for k, v in sorted(trainer.progress_bar_metrics.items())
+        )
+        log.info(
+            "%s: epoch %d, step %d%s%s",
+            what,
+            trainer.current_epoch,
+            trainer.global_step,
+            of,
+            f": {metrics}" if metrics else "",
+        )
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._last = time.monotonic()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if time.monotonic() - self._last >= self.every_s:
+            self._last = time.monotonic()
+            self._log(trainer, "training")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._log(trainer, "validated")
+
+
+def progress_options(
+    options: dict[str, Any], stream: IO[str] | None = None
+) -> tuple[dict[str, Any], list[Callback]]:
+    """Trainer options and callbacks for progress: Lightning's bar when its ``stream`` (stderr)
+    is a terminal, `LogProgress` lines in its place otherwise; nothing when the config turns
+    the bar off (``trainer.enable_progress_bar=false``)."""
+    stream = sys.stderr if stream is None else stream
+    if not options.get("enable_progress_bar", True) or stream.isatty():
+        return options, []
+    return {**options, "enable_progress_bar": False}, [LogProgress()]
+
+
 def fit_progress(trainer: L.Trainer) -> tuple[int, int]:
     """``(global steps, epochs)`` of the last fit, also after ``ddp_spawn`` (see `FitProgress`)."""
     metrics = trainer.callback_metrics
@@ -113,11 +186,12 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         dirpath=output_dir / "checkpoints", monitor="val/auc", mode="max", save_last=True
     )
     early_stop = EarlyStopping(monitor="val/auc", mode="max", patience=cfg.early_stopping.patience)
-    logger = build_logger(cfg.get("logger"), output_dir)
+    logger = build_logger(cfg.get("logger"), output_dir, OmegaConf.to_container(cfg, resolve=True))
+    options, progress = progress_options(dict(cfg.trainer))
     trainer = L.Trainer(
-        **cfg.trainer,
+        **options,
         logger=logger,
-        callbacks=[checkpoint, early_stop, FitProgress()],
+        callbacks=[checkpoint, early_stop, FitProgress(), *progress],
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(output_dir),
     )
@@ -160,5 +234,5 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         path = write_json(output_dir / "results.json", results)
         log.info("wrote %s: val NE %.4f, test AUC %.4f", path, results["val"]["ne"],
                  results["test"]["auc"])
-    finish_logger(logger)
+    finish_logger(logger, output_dir)
     return results

@@ -224,6 +224,7 @@ def test_automl_search_end_to_end_and_restart(tmp_path):
 
     overrides = [
         "method=automl",
+        "final=none",
         "search_space=generic",
         "data.source.n_train=3000",
         "data.source.n_val=400",

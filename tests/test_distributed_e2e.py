@@ -51,6 +51,7 @@ TRAIN = [
     *QUIET,
 ]
 SEARCH = [
+    "final=none",
     "search_space=generic",
     "data.source.n_train=1024",
     "data.source.n_val=256",

@@ -480,6 +480,7 @@ def test_search_writes_the_most_likely_architecture(tmp_path):
 
     overrides = [
         "method=dnas",
+        "final=none",
         "search_space=generic",
         "logger=none",
         "data.source.n_train=2048",
@@ -525,6 +526,7 @@ def test_multirun_over_the_flops_target_writes_one_search_per_target(tmp_path):
             "rankitect.cli.search",
             "-m",
             "method=dnas",
+            "final=none",
             "method.target_flops=2000,6000",
             "search_space=generic",
             "logger=none",

@@ -61,6 +61,7 @@ main()
 """
 
 COMMON = [
+    "final=none",
     "search_space=generic",
     "logger=none",
     "data.source.n_val=128",

@@ -24,6 +24,7 @@ def test_multirun_writes_a_valid_architecture_per_flops_target(tmp_path):
         "rankitect.cli.search",
         "-m",
         "method=oneshot_rl",
+        "final=none",
         f"method.target_flops={','.join(map(str, TARGETS))}",
         "method.samples_per_update=4",
         "method.warmup_steps=4",

@@ -160,10 +160,45 @@ def test_ne_gain_over_a_baseline(runs):
 def test_baseline_with_several_runs_uses_their_mean_ne(runs):
     train_run(runs / "base" / "dnn_seed1", "dnn", 1000, 0.80, seed=1)
     report = build_report([runs], baseline="dnn")
-    assert report.baseline_ne == pytest.approx(0.75)
+    assert report.baseline_ne == {"SyntheticCTR": pytest.approx(0.75)}
     assert by_label(report).loc["oneshot_rl@40k", "ne_gain_pct"] == pytest.approx(20.0)
     with pytest.raises(ReportError, match=r"'wide_dnn'.*dcnv2, deepfm, dnn, lr"):
         build_report([runs], baseline="wide_dnn")
+
+
+def test_runs_on_different_data_get_one_front_each(runs, tmp_path, capsys):
+    frappe = {"source": {"_target_": "rankitect.data.CategoricalCSVReader", "root": "/d/frappe_x1"}}
+    # dominated by lr (100 FLOPs, NE 0.90) if it were on the same data
+    write(tmp_path / "frappe" / "dnn", {
+        "model": "dnn", "flops": 1000, "test": {"ne": 0.95}, "config": {"data": frappe},
+    })  # fmt: skip
+    write(tmp_path / "frappe" / "big", {
+        "model": "dcnv2", "flops": 5000, "test": {"ne": 0.97}, "config": {"data": frappe},
+    })  # fmt: skip
+    report = build_report([runs, tmp_path / "frappe"], baseline="dnn")
+    assert report.datasets == ["CategoricalCSVReader:frappe_x1", "SyntheticCTR"]
+    t = report.table.set_index(["data", "label"])
+    # the same model on two data sets is labelled by its data
+    assert t.loc[("CategoricalCSVReader:frappe_x1", "dnn (frappe_x1)"), "on_front"]
+    assert t.loc[("SyntheticCTR", "dnn (SyntheticCTR)"), "on_front"]
+    assert not t.loc[("CategoricalCSVReader:frappe_x1", "dcnv2 (frappe_x1)"), "on_front"]
+    assert t.loc[("SyntheticCTR", "lr"), "on_front"]  # the synthetic front is unchanged
+    # each run's NE gain is over the baseline on its own data
+    assert report.baseline_ne == {"SyntheticCTR": 0.70, "CategoricalCSVReader:frappe_x1": 0.95}
+    gain = t.loc[("CategoricalCSVReader:frappe_x1", "dcnv2 (frappe_x1)"), "ne_gain_pct"]
+    assert gain == pytest.approx(-100 * 0.02 / 0.95)
+    main([str(runs), str(tmp_path / "frappe"), "-o", str(tmp_path / "out"), "--baseline", "dnn"])
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "One Pareto front per data set (2)" in md and "| front | data | run |" in md
+    single = matplotlib.image.imread(_png(build_report([runs]), tmp_path / "one"))
+    double = matplotlib.image.imread(tmp_path / "out" / "pareto.png")
+    assert double.shape[0] > 1.8 * single.shape[0]  # a panel per data set
+
+
+def _png(report, out: Path) -> Path:
+    from rankitect.report import write_report
+
+    return write_report(report, out)["png"]
 
 
 def test_writes_csv_markdown_and_png(runs, tmp_path, capsys):

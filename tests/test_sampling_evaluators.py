@@ -112,6 +112,7 @@ def test_sampling_search_end_to_end(tmp_path):
 
     overrides = [
         "method=sampling",
+        "final=none",
         "search_space=generic",
         "data.source.n_train=3000",
         "data.source.n_val=200",

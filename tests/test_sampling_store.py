@@ -228,3 +228,100 @@ def test_a_standalone_worker_drains_the_queue_and_exits(tmp_path, space):
     store.enqueue(some_archs(space, 3), 100, "round0")
     main(["--store", url, "--poll-s", "0.05"])
     assert store.counts() == {DONE: 3} and len(evaluations(log_path)) == 3
+
+
+def test_a_worker_refuses_a_store_that_does_not_exist(tmp_path, capsys):
+    from rankitect.search.sampling.worker import main
+
+    path = tmp_path / "outputs" / "trials.db"
+    with pytest.raises(SystemExit) as exit_:
+        main(["--store", f"sqlite:///{path}"])
+    assert exit_.value.code == 2
+    assert f"no trial store at {path}" in capsys.readouterr().err
+    assert not path.exists()  # no empty store left behind
+
+
+def test_a_worker_on_a_finished_store_says_why_it_exits(tmp_path, caplog):
+    from rankitect.search.sampling.worker import main
+
+    url = f"sqlite:///{tmp_path / 'trials.db'}"
+    store = TrialStore(url)
+    # A config that cannot be built: the worker must not get as far as building it.
+    store.set_meta(CONFIG_KEY, {"data": {"_target_": "no.such.Data"}})
+    store.set_meta(STATE_KEY, "finished")
+    caplog.set_level("INFO", logger="rankitect.search.sampling.worker")
+    start = time.monotonic()
+    main(["--store", url, "--poll-s", "0.05"])
+    assert time.monotonic() - start < 5
+    assert "is finished and has no queued trial: nothing to do (no trials)" in caplog.text
+
+
+PARENT = """
+import multiprocessing as mp, os, pathlib, sys, time
+
+def child(url, parent_pid, ready):
+    from rankitect.search.sampling.worker import serve
+    pathlib.Path(ready).touch()
+    serve(url, poll_s=0.1, parent_pid=parent_pid)  # no config in the store: waits forever
+
+if __name__ == "__main__":
+    p = mp.get_context("spawn").Process(
+        target=child, args=(sys.argv[1], os.getpid(), sys.argv[2]), daemon=True
+    )
+    p.start()
+    print(p.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+def _ended(pid: int) -> bool:
+    try:  # gone, or a zombie nobody reaps (PID 1 in a container may not)
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_spawned_worker_ends_when_its_search_process_is_killed(tmp_path):
+    import subprocess
+    import sys
+
+    script, ready = tmp_path / "parent.py", tmp_path / "ready"
+    script.write_text(PARENT)
+    TrialStore(f"sqlite:///{tmp_path / 'trials.db'}")
+    parent = subprocess.Popen(
+        [sys.executable, str(script), f"sqlite:///{tmp_path / 'trials.db'}", str(ready)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child = None
+    try:
+        child = int(parent.stdout.readline())
+        wait_until(ready.exists, 60, "the worker to start")
+        os.kill(parent.pid, signal.SIGKILL)  # no atexit handler, no daemon clean-up
+        parent.wait()
+        wait_until(lambda: _ended(child), 30, "the orphaned worker to exit")
+    finally:
+        parent.kill()
+        if child is not None and not _ended(child):
+            os.kill(child, signal.SIGKILL)  # a failed test leaves no orphan behind
+
+
+def test_the_search_logs_per_trial_progress_and_the_halving_rungs(tmp_path, space, caplog):
+    from hydra.utils import instantiate
+
+    cfg = OmegaConf.create({"data": DATA, "search_space": SPACE})
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    search = make_search(f"sqlite:///{tmp_path / 'trials.db'}", rounds=1)
+    search.evaluator_cfg["log_path"] = str(tmp_path / "evaluations.log")
+    caplog.set_level("INFO", logger="rankitect.search.sampling.method")
+    search.run(space, dm, cfg, tmp_path)
+    lines = [r.getMessage() for r in caplog.records if r.name.endswith("sampling.method")]
+    round0 = [line for line in lines if line.startswith("round 0: ") and "done" in line]
+    # one line per evaluated trial (workers: 0 evaluates them one at a time), then the best
+    assert [line.split(",")[0] for line in round0] == [f"round 0: {i}/6 done" for i in range(7)]
+    assert round0[0] == "round 0: 0/6 done, 0 running, 6 queued, 0 failed"
+    assert "best NE so far" in round0[-1]
+    assert "halving rung 0 (200 examples each): 4/4 done" in "\n".join(lines)
+    assert "halving rung 1 (400 examples each): 2/2 done" in "\n".join(lines)

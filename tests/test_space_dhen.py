@@ -354,7 +354,7 @@ def test_a_search_in_dhen1_writes_an_arch_that_trains(tmp_path, method):
     from rankitect.train import train
 
     with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("search", overrides=[*TINY_SEARCH, *method])
+        cfg = compose("search", overrides=["final=none", *TINY_SEARCH, *method])
     results = search(cfg, tmp_path / "search")
     arch_file = tmp_path / "search" / "best_arch.json"
     doc = json.loads(arch_file.read_text())

@@ -18,11 +18,15 @@ def make(name, spec=SPEC, seed=0):
     """A space, its supernet with non-trivial weights, and a seeded batch."""
     torch.manual_seed(seed)
     space = load_space(name, spec)
-    net = Supernet(space)
+    # running statistics in eval, so that eval-mode outputs test their transfer too
+    net = Supernet(space, batch_stats_in_eval=False)
     with torch.no_grad():  # move norms and embeddings off their identity/tiny initialisation
         for name_, p in net.named_parameters():
-            if "ln_" in name_ or "embedding" in name_:
+            if "norm" in name_ or "embedding" in name_:
                 p.normal_(0.0 if "bias" in name_ else 1.0, 0.5)
+        for name_, b in net.named_buffers():
+            if "running" in name_:
+                b.uniform_(0.5, 1.5) if "var" in name_ else b.normal_(0.0, 0.5)
     dense = torch.randn(BATCH, spec.n_dense)
     cards = torch.tensor(spec.sparse_cardinalities or (1,))
     sparse = (torch.rand(BATCH, spec.n_sparse) * cards[: spec.n_sparse]).long()

@@ -291,6 +291,7 @@ class RLSearchCallback(Callback):
             "curves": {k: list(v) for k, v in self.curves.items()},
             "updates": self.learner.updates,
             "target_flops": self.target_flops,
+            "warmup_steps": self._warmup_until,
             "val": {
                 k.split("/", 1)[1]: float(v)
                 for k, v in trainer.callback_metrics.items()

@@ -64,7 +64,8 @@ class CategoricalCSVReader:
             ``test.csv``).
         label: name of the label column; every other column is a categorical field, named by
             the header.
-        sep: field separator.
+        sep: field separator; ``\\t`` (a backslash and a t, as a tab is typed in a command-line
+            override: ``'data.source.sep=\\t'``) means a tab.
         min_count: values seen fewer times in the train split go to the OOV id.
 
     Ids are remapped per field from the train split's vocabulary (`Vocabulary`): 0 is the
@@ -83,7 +84,8 @@ class CategoricalCSVReader:
         min_count: int = 1,
     ) -> None:
         self.files = {s: _resolve(root, f) for s, f in zip(SPLITS, (train, val, test), strict=True)}
-        self.label, self.sep, self.min_count = label, sep, int(min_count)
+        # Hydra strips a real tab from an override's value, so a command line cannot pass one.
+        self.label, self.sep, self.min_count = label, "\t" if sep == "\\t" else sep, int(min_count)
         self.bad_rows: dict[str, int] = {}
 
     def fingerprint(self) -> dict[str, Any]:

@@ -373,6 +373,17 @@ class CriteoStream:
             "log1p": bool(log1p),
         }
 
+    def _not_found(self, path: Path, split: str, what: str) -> DataFileNotFoundError:
+        names = self.patterns[split]
+        shown = names if len(names) <= 4 else [*names[:2], "...", names[-1]]
+        return DataFileNotFoundError(
+            path,
+            f"{what} (split {split!r} reads {split}=[{', '.join(shown)}] under "
+            f"root={self.root}); name your files with data.source.root (their folder) and "
+            "data.source.train / val / test (file names or glob patterns, e.g. "
+            "'data.source.train=[train_part_*]'), see docs/data.md, \"Streaming\"",
+        )
+
     def files(self, split: str) -> list[Path]:
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
@@ -384,10 +395,10 @@ class CriteoStream:
             if glob.has_magic(str(path)):
                 matches = sorted(Path(p) for p in glob.glob(str(path)))
                 if not matches:
-                    raise DataFileNotFoundError(path, f"no file matches (split {split!r})")
+                    raise self._not_found(path, split, "no file matches")
                 out += matches
             elif not path.is_file():
-                raise DataFileNotFoundError(path, f"file not found (split {split!r})")
+                raise self._not_found(path, split, "file not found")
             else:
                 out.append(path)
         if not out:

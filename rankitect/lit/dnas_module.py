@@ -224,6 +224,8 @@ class DNASModule(SkipsNonFiniteSteps, L.LightningModule):
         logits = self.soft_forward(dense, sparse, relaxation.samples)
         bce = F.binary_cross_entropy_with_logits(logits, label)
         loss = bce
+        if hasattr(self.supernet, "regularization_loss"):  # the space's embedding L2
+            loss = loss + self.supernet.regularization_loss()
         if arch_step:
             for reg in self.regularisers:
                 term = reg.loss(self, relaxation)

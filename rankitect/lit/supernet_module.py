@@ -156,6 +156,10 @@ class SupernetModule(SkipsNonFiniteSteps, L.LightningModule):
         loss = F.binary_cross_entropy_with_logits(logits, label)
         out = {"ne_arch": self._batch_ne(logits, label)}
         self.log("train/loss", loss, prog_bar=True)
+        # the space's embedding L2 (and, inside the forward, its dropout): the supernet trains
+        # under the regularisation that `rankitect-train model=arch` retrains with
+        if hasattr(self.supernet, "regularization_loss"):
+            loss = loss + self.supernet.regularization_loss()
         if self.baseline is not None:
             base_loss, base_logits = self._baseline_loss(dense, sparse, label)
             out["ne_baseline"] = self._batch_ne(base_logits, label)

@@ -78,10 +78,16 @@ class DNAS(SearchMethod):
     def outcome(self, module: L.LightningModule, callbacks: list[Callback]) -> SearchOutcome:
         if not isinstance(module, DNASModule):
             raise TypeError(f"DNAS.outcome needs the DNASModule it built, got {type(module)}")
+        val_ne = module.curves.get("val_ne")
         extra: dict[str, Any] = {
             "expected_flops": round(module.expected_flops(), 1),
             "final_temperature": module.temperature,
+            "warmup_steps": self.temperature.warmup_steps,
+            "theta_frozen_in_warmup": self.temperature.freeze_theta_during_warmup,
         }
+        if val_ne:
+            # the most likely architecture on the shared supernet weights, at the last validation
+            extra["supernet_val"] = {"ne": val_ne[-1][1]}
         if self.regularizer is not None:
             extra["target_flops"] = self.regularizer.target_flops
         return SearchOutcome(

@@ -73,6 +73,8 @@ class OneShotRL(SearchMethod):
             extra={
                 "target_flops": record["target_flops"],
                 "policy_updates": record["updates"],
+                # absent from the record of a search checkpointed by an older version
+                "warmup_steps": record.get("warmup_steps"),
                 # NE on the shared supernet weights: a proxy, not a trained-from-scratch NE
                 "supernet_val": record["val"],
             },

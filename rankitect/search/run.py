@@ -16,14 +16,18 @@ from lightning.pytorch.strategies import FSDPStrategy, StrategyRegistry
 from omegaconf import DictConfig, OmegaConf
 
 from rankitect.checkpoint import AtomicCheckpointIO, resolve_resume
+from rankitect.io import write_json
+from rankitect.search.finalize import FinalConfig, comparison_lines, finalize
 from rankitect.search.method import SearchMethod
-from rankitect.search.outcome import write_search_results
+from rankitect.search.outcome import SearchOutcome, plot_final, write_search_results
+from rankitect.search.sanity import comparison, target_flops_of, unreachable_target, unsearched
 from rankitect.space import load_space
 from rankitect.train import (
     FitProgress,
     build_logger,
     finish_logger,
     fit_progress,
+    progress_options,
     refuse_relaunch_in_multirun,
 )
 
@@ -74,8 +78,11 @@ def search(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     space = load_space(space_cfg, datamodule.feature_spec)
     log.info("search space: %r", space)
     method: SearchMethod = instantiate(cfg.method)
+    warnings = [w for w in [unreachable_target(space, target_flops_of(cfg.method))] if w]
+    for warning in warnings:
+        log.warning(warning)
     if callable(getattr(method, "run", None)):
-        return _run_method(method, space, datamodule, cfg, output_dir)
+        return _run_method(method, space, datamodule, cfg, output_dir, warnings)
     module, callbacks = method.build(space)
     checkpoint = ModelCheckpoint(
         dirpath=output_dir / "checkpoints",
@@ -83,11 +90,12 @@ def search(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         save_top_k=0,
         every_n_train_steps=cfg.checkpoint_every_n_steps,
     )
-    logger = build_logger(cfg.get("logger"), output_dir)
+    logger = build_logger(cfg.get("logger"), output_dir, OmegaConf.to_container(cfg, resolve=True))
+    options, progress = progress_options(trainer_options(cfg, module))
     trainer = L.Trainer(
-        **trainer_options(cfg, module),
+        **options,
         logger=logger,
-        callbacks=[*callbacks, checkpoint, FitProgress()],
+        callbacks=[*callbacks, checkpoint, FitProgress(), *progress],
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(output_dir),
     )
@@ -111,24 +119,59 @@ def search(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         hashlib.sha1(outcome.arch.to_json().encode()).hexdigest()[:12],
         space.flops(outcome.arch),
     )
+    steps = fit_progress(trainer)[0]
+    warnings += [w for w in [unsearched(outcome.extra, steps)] if w]
     meta = {
         "search_seconds": round(time.perf_counter() - start, 2),
         "search_cpu_seconds": round(cpu_seconds() - cpu_start, 2),
-        "steps": fit_progress(trainer)[0],
+        "steps": steps,
         "seed": int(cfg.seed),
         "space_log10_size": round(space.log10_size, 2),
         "config": OmegaConf.to_container(cfg, resolve=True),
+        "warnings": warnings,
     }
     results = {}
     if trainer.is_global_zero:
-        results = write_search_results(output_dir, space, outcome, method.name, meta)
-        log.info("found %s FLOPs architecture; wrote %s", results["flops"], output_dir)
-    finish_logger(logger)
+        results = write_and_finalize(cfg, space, outcome, method.name, meta, datamodule, output_dir)
+    finish_logger(logger, output_dir)
     return results
 
 
+def log_found(results: dict[str, Any], output_dir: Path) -> None:
+    """The run's last log lines: what was found, how it compares, how to retrain it, and again
+    every warning about what the result means."""
+    target = results.get("target_flops")
+    log.info(
+        "found a %s-FLOPs architecture%s: %s; wrote %s",
+        f"{results['flops']:,}",
+        "" if target is None else f" (target {target:,.0f})",
+        comparison(results),
+        output_dir,
+    )
+    # AutoML writes its own overrides: the architecture's space and the found hyper-parameters.
+    overrides = output_dir / "retrain_overrides.txt"
+    retrain = (
+        " ".join(overrides.read_text().split())
+        if overrides.is_file()
+        else f"model=arch model.space={results['space']} "
+        f"model.arch_file={output_dir / 'best_arch.json'}"
+    )
+    if "final" in results:  # retrained and compared already: say how it compares, last
+        for line in comparison_lines(results["final"], results.get("baselines", {})):
+            log.info(line)
+    else:
+        log.info("retrain it from scratch to compare trained models: rankitect-train %s", retrain)
+    for warning in results.get("warnings", []):
+        log.warning(warning)
+
+
 def _run_method(
-    method: Any, space: Any, datamodule: Any, cfg: DictConfig, output_dir: Path
+    method: Any,
+    space: Any,
+    datamodule: Any,
+    cfg: DictConfig,
+    output_dir: Path,
+    warnings: list[str],
 ) -> dict[str, Any]:
     """A method that is not one Lightning fit (sampling-based search) runs itself:
     ``method.run(space, datamodule, cfg, output_dir) -> SearchOutcome``."""
@@ -140,7 +183,41 @@ def _run_method(
         "seed": int(cfg.seed),
         "space_log10_size": round(space.log10_size, 2),
         "config": OmegaConf.to_container(cfg, resolve=True),
+        "warnings": warnings,
     }
-    results = write_search_results(output_dir, space, outcome, method.name, meta)
-    log.info("found %s FLOPs architecture; wrote %s", results["flops"], output_dir)
+    return write_and_finalize(cfg, space, outcome, method.name, meta, datamodule, output_dir)
+
+
+def search_target(cfg: DictConfig, space: Any, outcome: SearchOutcome) -> float | None:
+    """The FLOPs target of a search: the method's resolved one, else its configured one
+    (`target_flops_of`), else the seed architecture's FLOPs (None without a seed)."""
+    if outcome.extra.get("target_flops") is not None:
+        return float(outcome.extra["target_flops"])
+    configured = target_flops_of(cfg.method)
+    if configured is not None:
+        return configured[1]
+    return float(space.flops(space.seed_arch())) if getattr(space, "has_seed", False) else None
+
+
+def write_and_finalize(
+    cfg: DictConfig,
+    space: Any,
+    outcome: SearchOutcome,
+    method: str,
+    meta: dict[str, Any],
+    datamodule: Any,
+    output_dir: Path,
+) -> dict[str, Any]:
+    """``best_arch.json`` and ``results.json`` of the search, then, unless ``final=none``, the
+    finalists retrained and compared with the baselines (`finalize`); the last log lines say
+    how the result compares."""
+    target = search_target(cfg, space, outcome)
+    results = write_search_results(
+        output_dir, space, outcome, method, {**meta, "target_flops": target}
+    )
+    if FinalConfig.from_config(cfg.get("final")).enabled:
+        results.update(finalize(cfg, space, outcome, datamodule, output_dir, target))
+        write_json(output_dir / "results.json", results)
+        plot_final(output_dir / "final.png", results)
+    log_found(results, output_dir)
     return results

@@ -1,6 +1,7 @@
 """Rankitect's search space (paper §3.1): architectures, decisions, supernet and subnets."""
 
 from rankitect.space.arch import Arch, ChoiceArch
+from rankitect.space.blocks import LayerSettings
 from rankitect.space.dhen import DHENArch, DHENSpace, DHENSupernet
 from rankitect.space.factory import build_arch_model, build_supernet
 from rankitect.space.space import ChoiceSpec, Decision, SearchSpace
@@ -22,6 +23,7 @@ __all__ = [
     "DHENArch",
     "DHENSpace",
     "DHENSupernet",
+    "LayerSettings",
     "Decision",
     "ScaleResult",
     "ScaledDim",

@@ -171,6 +171,13 @@ class Arch:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Arch:
+        if isinstance(d, Mapping) and {"layers", "head"} <= set(d):
+            raise ValueError(
+                "an Arch document is an object with a 'choices' list; this one has 'layers' "
+                "and 'head', a DHEN space's architecture: read it with that space "
+                "(load_space('dhen2', spec).arch_from_json(text); rankitect-train model=arch "
+                "model.space=<the DHEN space it was searched in>)"
+            )
         if not isinstance(d, Mapping) or not isinstance(d.get("choices"), list):
             raise ValueError("an Arch document is an object with a 'choices' list")
         unknown = set(d) - {"choices"}

@@ -43,6 +43,11 @@ def arch_cost(space: SearchSpace, arch: Arch) -> Cost:
     """
     shapes = arch_shapes(space, arch)
     d, bn = space.embedding_dim, space.bottleneck
+    norm = space.layer.norm
+
+    def norm_params(width: int) -> int:  # an affine weight and bias per normalised feature
+        return 0 if norm == "none" else 2 * width
+
     flops = params = 0
     pairs = set()
     for c in arch.reachable():
@@ -50,7 +55,7 @@ def arch_cost(space: SearchSpace, arch: Arch) -> Cost:
         if ch.block == LINEAR:
             fan_in = sum(shapes[k].flat(d) for k in ch.inputs)
             flops += 2 * fan_in * ch.dim
-            params += fan_in * ch.dim + 3 * ch.dim  # weight, bias, LayerNorm weight and bias
+            params += fan_in * ch.dim + ch.dim + norm_params(ch.dim)
         elif ch.block in ROW_BLOCKS:
             rows = sum(shapes[k].rows for k in ch.inputs)
             for k in ch.inputs:
@@ -58,14 +63,14 @@ def arch_cost(space: SearchSpace, arch: Arch) -> Cost:
                     flops += 2 * shapes[k].size * d
                     params += shapes[k].size * d + d
             params += rows * ch.dim + ch.dim
-            if ch.block == EMBED_FC:
+            if ch.block == EMBED_FC:  # LayerNorm per row (over D), BatchNorm per feature
                 flops += 2 * rows * ch.dim * d
-                params += 2 * d
+                params += norm_params(d if norm == "layer" else ch.dim * d)
             else:  # EmbedFC inside, then the bmm of (rows x D) by (D x dim)
                 flops += 4 * rows * ch.dim * d
-                params += 2 * rows * ch.dim
+                params += norm_params(rows * ch.dim)
         else:
-            params += 2 * shapes[choice_input(c)].size
+            params += norm_params(shapes[choice_input(c)].size)
             pairs.add((ch.left, ch.right))
     for i, j in pairs:
         wi, wj = shapes[i].flat(d), shapes[j].flat(d)

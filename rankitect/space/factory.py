@@ -28,11 +28,11 @@ def build_arch_model(
     spec: FeatureSpec | Mapping[str, Any],
     space: str | Mapping[str, Any],
     arch_file: str | Path,
-    dropout: float = 0.0,
+    dropout: float | None = None,
 ) -> SubnetModel:
     """Load ``space`` (shipped name, YAML path or config mapping) for ``spec``, read and
-    validate the Arch JSON in ``arch_file``, and return its freshly initialised model
-    (``dropout`` on every block output while training)."""
+    validate the Arch JSON in ``arch_file``, and return its freshly initialised model, trained
+    under the space's `LayerSettings` (``dropout``, when given, overrides the space's)."""
     search_space = load_space(space, spec)
     try:
         text = Path(arch_file).read_text(encoding="utf-8")
@@ -43,6 +43,7 @@ def build_arch_model(
     except ValueError as err:
         raise ValueError(
             f"arch file {str(arch_file)!r} is not an architecture of space "
-            f"{search_space.name!r}: {err}"
+            f"{search_space.name!r} (model.space must be the space it was searched in, the "
+            f"'space' of its search's results.json): {err}"
         ) from None
     return materialize(search_space, arch, dropout=dropout)

@@ -6,23 +6,33 @@ only one of the two exists; the whole supernet sums them, extending the paper's 
 aggregator (zero-pad and sum) so that widths stay bounded along chains of pairwise blocks.
 The *row view* (what EmbedFC and dot product read) has a slot for the 2-D output projected
 to one row, followed by ``rows3d`` slots for the 3-D output.
+
+The same layout classes describe one architecture exactly (`SpaceLayout.of_arch`): its
+materialised subnet is built of the supernet's block modules at those sizes, and `HardPlan`
+then gives spans that cover whole tensors.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rankitect.space.arch import DENSE, SPARSE, Arch, choice_input
+import torch
+
+from rankitect.space.arch import DENSE, SPARSE, Arch, ChoiceArch, choice_input
 from rankitect.space.blocks import (
     BLOCKS_2D,
     DOT_PRODUCT,
     EMBED_FC,
     LINEAR,
     PAIRWISE_BLOCKS,
+    Span,
 )
+from rankitect.space.space import ChoiceSpec
 
 if TYPE_CHECKING:
+    from rankitect.data.spec import FeatureSpec
     from rankitect.space.space import SearchSpace
 
 
@@ -65,7 +75,7 @@ def arch_shapes(space: SearchSpace, arch: Arch) -> dict[int, Shape]:
 
 @dataclass(frozen=True)
 class SourceLayout:
-    """Largest layout of one input's output in the supernet."""
+    """Largest layout of one input's output."""
 
     width2d: int  # 0 when it never has a 2-D output
     rows3d: int  # 0 when it never has a 3-D output
@@ -82,44 +92,119 @@ class SourceLayout:
 
 @dataclass(frozen=True)
 class ChoiceLayout:
-    """Largest widths inside one Choice of the supernet.
+    """Largest widths inside one Choice.
 
     ``row_offsets[k]``: first row slot of candidate ``k`` in the 3-D adaptor; ``n_rows``: all
-    slots; ``pair_width``: width of pairwise outputs (widest candidate flat view).
+    slots; ``pair_width``: width of pairwise outputs (widest candidate flat view);
+    ``dot_dim``: the largest dot-product dimension (0 without that block).
     """
 
     row_offsets: dict[int, int]
     n_rows: int
     pair_width: int
+    dot_dim: int
     source: SourceLayout
 
 
 class SpaceLayout:
-    """Max layouts of every input and Choice of a space (what the supernet allocates)."""
+    """Max layouts of the raw inputs and of the Choices in ``choices`` (index -> spec)."""
 
-    def __init__(self, space: SearchSpace) -> None:
-        d = space.embedding_dim
+    def __init__(
+        self, spec: FeatureSpec, embedding_dim: int, choices: Mapping[int, ChoiceSpec]
+    ) -> None:
+        d = embedding_dim
         self.sources: dict[int, SourceLayout] = {}
-        if space.spec.n_dense:
-            n = space.spec.n_dense
+        if spec.n_dense:
+            n = spec.n_dense
             self.sources[DENSE] = SourceLayout(n, 0, n)
-        if space.spec.n_sparse:
-            n = space.spec.n_sparse
+        if spec.n_sparse:
+            n = spec.n_sparse
             self.sources[SPARSE] = SourceLayout(0, n, n * d)
-        self.choices: list[ChoiceLayout] = []
-        for c, sp in enumerate(space.choices):
+        self.choices: dict[int, ChoiceLayout] = {}
+        for c in sorted(choices):
+            sp = choices[c]
             offsets, n_rows = {}, 0
             for k in sp.candidates:
                 offsets[k] = n_rows
                 n_rows += self.sources[k].row_slots
             pair_width = max(self.sources[k].flat for k in sp.candidates)
+            dot_dim = sp.dims.get(DOT_PRODUCT, (0,))[-1]
             widths = {
                 LINEAR: sp.dims.get(LINEAR, (0,))[-1],
-                DOT_PRODUCT: n_rows * sp.dims.get(DOT_PRODUCT, (0,))[-1],
+                DOT_PRODUCT: n_rows * dot_dim,
                 **{b: pair_width for b in PAIRWISE_BLOCKS},
             }
             width2d = max((widths[b] for b in sp.blocks if b in BLOCKS_2D), default=0)
             rows3d = sp.dims[EMBED_FC][-1] if EMBED_FC in sp.blocks else 0
             source = SourceLayout(width2d, rows3d, max(width2d, rows3d * d))
             self.sources[choice_input(c)] = source
-            self.choices.append(ChoiceLayout(offsets, n_rows, pair_width, source))
+            self.choices[c] = ChoiceLayout(offsets, n_rows, pair_width, dot_dim, source)
+
+    @classmethod
+    def of_space(cls, space: SearchSpace) -> SpaceLayout:
+        return cls(space.spec, space.embedding_dim, dict(enumerate(space.choices)))
+
+    @classmethod
+    def of_arch(cls, space: SearchSpace, arch: Arch) -> SpaceLayout:
+        """The exact layout of ``arch``'s reachable Choices (what its subnet allocates)."""
+        return cls(
+            space.spec,
+            space.embedding_dim,
+            {c: point_spec(arch.choices[c]) for c in arch.reachable()},
+        )
+
+
+def point_spec(ch: ChoiceArch) -> ChoiceSpec:
+    """The one-setting Choice of ``ch``: its block, its inputs (a pairwise block's right input,
+    whose width is its output's), its dim."""
+    if ch.block in PAIRWISE_BLOCKS:
+        return ChoiceSpec(blocks=(ch.block,), candidates=(ch.right,))
+    return ChoiceSpec(blocks=(ch.block,), candidates=ch.inputs, dims={ch.block: (ch.dim,)})
+
+
+def _contiguous(index: torch.Tensor) -> Span:
+    """A span for ``index``: a plain range when the positions are consecutive."""
+    n = index.numel()
+    if n and int(index[-1]) - int(index[0]) == n - 1 and bool((index.diff() == 1).all()):
+        return Span(n, int(index[0]))
+    return Span(n, index=index)
+
+
+class HardPlan:
+    """Index bookkeeping of one architecture in a layout.
+
+    ``spans[k]``: positions of input k's flat view; ``row_slots[c]``: for a row-block Choice,
+    per input the slots (inside that input's own row block) its rows take; ``dot_spans[c]``:
+    positions of a dot product's ``rows x dim`` outputs.
+    """
+
+    def __init__(self, space: SearchSpace, layout: SpaceLayout, arch: Arch, device=None):
+        d = space.embedding_dim
+        shapes = arch_shapes(space, arch)
+        self.spans: dict[int, Span] = {k: Span(shapes[k].flat(d)) for k in space.raw_inputs}
+        self.row_slots: dict[int, list[Span]] = {}
+        self.dot_spans: dict[int, Span] = {}
+        for c in arch.reachable():
+            ch, cl = arch.choices[c], layout.choices[c]
+            if ch.block == LINEAR:
+                span = Span(ch.dim)
+            elif ch.block in PAIRWISE_BLOCKS:
+                span = self.spans[ch.right]
+            else:
+                slots, rows = [], []
+                for k in ch.inputs:
+                    src = layout.sources[k]
+                    # a 2-D input is projected into slot 0; 3-D rows follow the 2-D slot
+                    slot = Span(shapes[k].size, int(src.has2d)) if shapes[k].is3d else Span(1)
+                    slots.append(slot)
+                    rows.append(torch.arange(slot.size) + cl.row_offsets[k] + slot.start)
+                self.row_slots[c] = slots
+                if ch.block == EMBED_FC:
+                    span = Span(ch.dim * d)
+                else:
+                    index = (torch.cat(rows)[:, None] * cl.dot_dim + torch.arange(ch.dim)).flatten()
+                    span = _contiguous(index)
+                    if span.index is not None and device is not None:
+                        span = Span(span.size, index=span.index.to(device))
+                    self.dot_spans[c] = span
+            self.spans[choice_input(c)] = span

@@ -35,7 +35,7 @@ from rankitect.space.arch import (
     choice_input,
     input_name,
 )
-from rankitect.space.blocks import BLOCKS, CONNECTION_BLOCKS, PAIRWISE_BLOCKS
+from rankitect.space.blocks import BLOCKS, CONNECTION_BLOCKS, PAIRWISE_BLOCKS, LayerSettings
 
 
 @dataclass(frozen=True)
@@ -259,7 +259,10 @@ class SearchSpace(DecisionSpace):
 
     ``spec`` fixes the raw inputs (dense vector absent when ``n_dense == 0``, sparse
     embeddings absent when ``n_sparse == 0``); ``embedding_dim`` is D of every 3-D tensor;
-    ``bottleneck`` is the middle width of the pairwise projections ``FC_ij``.
+    ``bottleneck`` is the middle width of the pairwise projections ``FC_ij``; ``layer`` is how
+    every block normalises, activates, initialises and regularises (`LayerSettings`), alike in
+    the supernet, the subnets and a retrain; ``grown_from`` names the model config
+    (``conf/model/<name>.yaml``) that the seed architecture equals, if any.
     """
 
     def __init__(
@@ -272,6 +275,8 @@ class SearchSpace(DecisionSpace):
         connection_prob: float = 0.8,
         name: str = "custom",
         seed: Arch | None = None,
+        layer: LayerSettings | Mapping[str, Any] | None = None,
+        grown_from: str | None = None,
     ) -> None:
         if not is_positive_int(embedding_dim):
             raise ValueError(f"embedding_dim must be an int >= 1, got {embedding_dim!r}")
@@ -287,6 +292,8 @@ class SearchSpace(DecisionSpace):
         self.bottleneck = int(bottleneck)
         self.connection_prob = float(connection_prob)
         self.name = name
+        self.layer = LayerSettings.from_config(layer)
+        self.grown_from = grown_from
         raw = self.raw_inputs
         for c, ch in enumerate(self.choices):
             bad = [k for k in ch.candidates if k not in raw and not 2 <= k < choice_input(c)]

@@ -31,6 +31,7 @@ from rankitect.space.blocks import (
 from rankitect.space.dhen import DHENSpace, dhen_space
 from rankitect.space.space import ChoiceSpec, SearchSpace
 
+SEED_KEYS = {"name", "block", "inputs", "dim", "in_seed"}
 # Grown space: the block families a seed block is completed with (paper §4.2.1).
 BLOCK_FAMILIES = ((DOT_PRODUCT, EMBED_FC), (LINEAR, PAIRWISE_GATING, PAIRWISE_SUM))
 
@@ -54,11 +55,12 @@ def generic_space(
     bottleneck: int,
     connection_prob: float = 0.8,
     name: str = "generic",
+    layer: Mapping[str, Any] | None = None,
 ) -> SearchSpace:
     """``num_choices`` Choices; each may read the raw inputs and the Choices ``distances`` back.
 
     ``blocks``: the blocks allowed in every Choice, or one list per Choice; ``dims``: output
-    dimension options of each connection block.
+    dimension options of each connection block; ``layer``: the blocks' `LayerSettings`.
     """
     if not is_positive_int(num_choices):
         raise ValueError(f"num_choices must be an int >= 1, got {num_choices!r}")
@@ -92,6 +94,7 @@ def generic_space(
         bottleneck=bottleneck,
         connection_prob=connection_prob,
         name=name,
+        layer=layer,
     )
 
 
@@ -123,6 +126,12 @@ def _parse_seed(spec: FeatureSpec, seed: Sequence[Mapping[str, Any]]) -> list[di
             raise ValueError(f"seed choice {name!r}: unknown block {block!r}; known: {BLOCKS}")
         if name in names or name in raw:
             raise ValueError(f"seed choice {name!r}: duplicate or reserved name")
+        unknown = sorted(set(item) - SEED_KEYS)
+        if unknown:
+            raise ValueError(f"seed choice {name!r}: unknown key(s) {unknown}; known: {SEED_KEYS}")
+        in_seed = item.get("in_seed", True)
+        if not isinstance(in_seed, bool):
+            raise ValueError(f"seed choice {name!r}: in_seed must be true or false")
         refs = []
         for ref in item.get("inputs", ()):
             if ref in raw:
@@ -149,15 +158,20 @@ def _parse_seed(spec: FeatureSpec, seed: Sequence[Mapping[str, Any]]) -> list[di
         if not refs:
             names[name] = None
             continue
+        if in_seed and any(r >= 0 and not out[r]["in_seed"] for r in refs):
+            raise ValueError(f"seed choice {name!r}: reads a choice with in_seed: false")
         names[name] = len(out)
-        out.append({"name": name, "block": block, "inputs": refs, "dim": item.get("dim")})
-    if not out:
-        raise ValueError("no seed choice is left for this feature spec")
+        out.append(
+            {"name": name, "block": block, "inputs": refs, "dim": item.get("dim"),
+             "in_seed": in_seed}
+        )
+    if not out or not out[-1]["in_seed"]:
+        raise ValueError("the last seed choice (the output) must exist and be in_seed")
     ancestors = {len(out) - 1}
     for i in range(len(out) - 1, -1, -1):
         if i in ancestors:
             ancestors.update(r for r in out[i]["inputs"] if r >= 0)
-    dead = [s["name"] for i, s in enumerate(out) if i not in ancestors]
+    dead = [s["name"] for i, s in enumerate(out) if i not in ancestors and s["in_seed"]]
     if dead:
         raise ValueError(f"seed choices {dead} do not feed the last seed choice (the output)")
     return out
@@ -166,9 +180,13 @@ def _parse_seed(spec: FeatureSpec, seed: Sequence[Mapping[str, Any]]) -> list[di
 def _random_topological_order(seed: list[dict[str, Any]], generator: torch.Generator) -> list[int]:
     """A uniformly drawn ready node at each step: predecessors always come first."""
     preds = [{r for r in s["inputs"] if r >= 0} for s in seed]
+    output = len(seed) - 1  # stays last: the last Choice feeds the classifier
     order: list[int] = []
     while len(order) < len(seed):
-        ready = [i for i in range(len(seed)) if i not in order and preds[i] <= set(order)]
+        ready = [
+            i for i in range(len(seed))
+            if i not in order and preds[i] <= set(order) and (i != output or len(order) == output)
+        ]
         order.append(ready[int(torch.randint(len(ready), (1,), generator=generator))])
     return order
 
@@ -184,17 +202,23 @@ def grown_space(
     connection_prob: float = 0.8,
     permute_seed: int = 0,
     name: str = "grown",
+    layer: Mapping[str, Any] | None = None,
+    grown_from: str | None = None,
 ) -> SearchSpace:
     """The space grown from a seed model (paper §4.2.1).
 
     The seed is a list of Choices ``{name, block, inputs, dim}`` (inputs: ``dense``,
-    ``sparse`` or earlier names; a pairwise block's inputs are ``[left, right]``). Growth:
+    ``sparse`` or earlier names; a pairwise block's inputs are ``[left, right]``); one with
+    ``in_seed: false`` is grown into the space but left out of the seed model (e.g. a dot
+    product that a DNN seed does not have, offered to the search). Growth:
     permute the Choices in a random DAG order (``permute_seed``); insert a copy right after
     every Choice holding EmbedFC or dot product; complete each Choice's block family
     ({dot product, EmbedFC}, {linear, pairwise gating, pairwise sum}); let each Choice read the
     raw inputs, the Choices at ``distances`` and its seed inputs; scale every dimension to
     ``dim_scale`` options (default 7 evenly from 0.5x to 1.25x the seed's).
     `SearchSpace.seed_arch` is the seed model (copies duplicate their original and are unused).
+    ``layer``: the blocks' `LayerSettings`; ``grown_from``: the model config the seed equals
+    (with the same ``layer`` settings its materialised seed *is* that model).
     """
     scale = {"low": 0.5, "high": 1.25, "options": 7, **(dim_scale or {})}
     parsed = _parse_seed(spec, seed)
@@ -250,6 +274,8 @@ def grown_space(
         connection_prob=connection_prob,
         name=name,
         seed=Arch(tuple(seed_choices)),
+        layer=layer,
+        grown_from=grown_from,
     )
 
 

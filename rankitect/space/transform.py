@@ -297,6 +297,8 @@ def widen_space(
         connection_prob=space.connection_prob,
         name=space.name if name is None else name,
         seed=space.seed_arch() if space.has_seed else None,
+        layer=space.layer,
+        grown_from=space.grown_from,
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing as mp
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,7 +33,15 @@ from rankitect.search.reinforce import seeded_generator
 from rankitect.search.sampling.halving import successive_halving
 from rankitect.search.sampling.predictor import NeuralPredictor
 from rankitect.search.sampling.proposers import RLSampler, propose_random
-from rankitect.search.sampling.store import DONE, FINISHED, Trial, TrialStore
+from rankitect.search.sampling.store import (
+    DONE,
+    FAILED,
+    FINISHED,
+    QUEUED,
+    RUNNING,
+    Trial,
+    TrialStore,
+)
 from rankitect.search.sampling.worker import (
     CONFIG_KEY,
     STATE_KEY,
@@ -127,6 +136,7 @@ class SamplingSearch:
         self.seed = int(seed)
         self._procs: list[mp.Process] = []
         self._inline = None
+        self._inline_name = worker_name()
 
     # ---- workers -------------------------------------------------------------------------------
 
@@ -138,6 +148,8 @@ class SamplingSearch:
                 "poll_s": self.poll_s,
                 "heartbeat_s": self.heartbeat_s,
                 "stale_after_s": self.stale_after_s,
+                # daemon covers a normal exit; this, the search's process being killed
+                "parent_pid": os.getpid(),
             },
             daemon=True,
         )
@@ -151,11 +163,16 @@ class SamplingSearch:
                 log.warning("worker pid %s exited with %s; starting another", p.pid, p.exitcode)
                 self._procs[i] = self._start_worker(ctx, url)
 
-    def wait(self, store: TrialStore, ids: list[int]) -> list[Trial]:
-        """Block until every trial in ``ids`` is done or failed; returns them in ``ids`` order."""
+    def wait(self, store: TrialStore, ids: list[int], what: str) -> list[Trial]:
+        """Block until every trial in ``ids`` is done or failed, logging ``what`` with the
+        trials' progress whenever it changes; returns them in ``ids`` order."""
+        last = None
         while True:
             store.requeue_stale(self.stale_after_s)
             counts = store.counts(ids)
+            if counts != last:
+                last = counts
+                self._log_progress(store, ids, counts, what)
             if sum(counts.get(s, 0) for s in FINISHED) == len(set(ids)):
                 break
             if self.workers == 0:
@@ -167,13 +184,33 @@ class SamplingSearch:
         by_id = {t.id: t for t in store.trials(ids=ids)}
         return [by_id[i] for i in ids]
 
-    def _work_inline(self, store: TrialStore) -> int:
-        """``workers: 0``: the proposer evaluates queued trials itself; returns how many."""
-        name, n = worker_name(), 0
-        while (trial := store.claim(name, self.stale_after_s)) is not None:
-            run_trial(store, self._inline, trial, self.heartbeat_s)
-            n += 1
-        return n
+    @staticmethod
+    def _log_progress(store: TrialStore, ids: list[int], counts: dict[str, int], what: str):
+        scores = [
+            t.metrics["ne"]
+            for t in store.trials(ids=ids, status=DONE)
+            if math.isfinite(t.metrics["ne"])
+        ]
+        best = f"; best NE so far {min(scores):.4f}" if scores else ""
+        log.info(
+            "%s: %d/%d done, %d running, %d queued, %d failed%s",
+            what,
+            counts.get(DONE, 0),
+            len(set(ids)),
+            counts.get(RUNNING, 0),
+            counts.get(QUEUED, 0),
+            counts.get(FAILED, 0),
+            best,
+        )
+
+    def _work_inline(self, store: TrialStore) -> bool:
+        """``workers: 0``: the proposer evaluates one queued trial itself (so that progress is
+        logged per trial); False when none is queued."""
+        trial = store.claim(self._inline_name, self.stale_after_s)
+        if trial is None:
+            return False
+        run_trial(store, self._inline, trial, self.heartbeat_s)
+        return True
 
     # ---- the search ----------------------------------------------------------------------------
 
@@ -222,7 +259,7 @@ class SamplingSearch:
     def _halving(self, store: TrialStore, candidates: list[Arch]) -> list:
         def evaluate(archs: list[Arch], budget: int, rung: int) -> list[float]:
             ids = store.enqueue(archs, budget, f"halving{rung}")
-            done = self.wait(store, ids)
+            done = self.wait(store, ids, f"halving rung {rung} ({budget} examples each)")
             return [t.metrics["ne"] if t.status == DONE else math.nan for t in done]
 
         cfg = self.halving_cfg
@@ -254,7 +291,7 @@ class SamplingSearch:
             policy = None
             for r in range(self.rounds):
                 ids, round_policy = self._round(store, space, r)
-                self.wait(store, ids)
+                self.wait(store, ids, f"round {r}")
                 policy = round_policy or policy
             scored = self._scored(store)
             if not scored:
@@ -293,9 +330,11 @@ class SamplingSearch:
             for a, s in zip(final.candidates, final.scores, strict=True)
         ][: int(self.halving_cfg.get("finalists", 1))]
         probs = policy.probs() if policy is not None else space.priors()
+        by_proxy = sorted(scored, key=lambda t: t.metrics["ne"])
         return SearchOutcome(
             arch=final.candidates[0],
             probs=probs,
+            candidates=[*final.candidates, *(t.arch for t in by_proxy)],
             curves={"best_proxy_ne": curve},
             extra={
                 "ne": final.scores[0],

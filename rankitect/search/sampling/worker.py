@@ -4,9 +4,13 @@ Workers share nothing but the store. Each builds the data, the search space and 
 from the config the proposer saved in the store's ``meta`` table, so one command starts a
 worker anywhere the store (and the data) can be reached::
 
-    python -m rankitect.search.sampling --store sqlite:///outputs/search/.../trials.db
+    rankitect-worker --store sqlite:///outputs/search/.../trials.db
+    python -m rankitect.search.sampling --store ...    # the same
 
-A worker exits when the proposer has marked the search finished and no trial is queued.
+A worker exits when the proposer has marked the search finished and no trial is queued (saying
+so), at once when the store is finished already, with status 2 when an SQLite store does not
+exist. A worker the search started itself (``parent_pid``) also exits when the search's process
+ends, even when that process is killed.
 """
 
 from __future__ import annotations
@@ -19,13 +23,16 @@ import threading
 import time
 import traceback
 import uuid
+from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 import torch
 from hydra.utils import instantiate
 
+from rankitect.cli.entry import console_script
 from rankitect.search.sampling.evaluators import Evaluator
-from rankitect.search.sampling.store import Trial, TrialStore
+from rankitect.search.sampling.store import QUEUED, Trial, TrialStore
 from rankitect.space import load_space
 from rankitect.space.space import SearchSpace
 
@@ -60,6 +67,30 @@ class _Heartbeat(threading.Thread):
                 return
 
 
+def _exit_with_parent(parent_pid: int, every_s: float) -> None:
+    """End this process once ``parent_pid`` is no longer its parent (the parent died, even by
+    SIGKILL, and the process was re-parented). ``os._exit``: the main thread may be deep in a
+    trial, whose stale heartbeat then re-queues it for another worker."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(every_s)
+        log.warning("the search process %d ended; worker %d exits", parent_pid, os.getpid())
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def missing_sqlite_file(url: str) -> Path | None:
+    """The database file of an SQLite ``url`` when it does not exist (opening it would create
+    an empty store, which no search ever fills)."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    path = Path(parsed.database).expanduser()
+    return None if path.exists() else path
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -87,23 +118,47 @@ def serve(
     stale_after_s: float = 60.0,
     max_trials: int | None = None,
     threads: int = 1,
+    parent_pid: int | None = None,
 ) -> int:
-    """Work on the store at ``url`` until the search is finished; returns trials completed."""
+    """Work on the store at ``url`` until the search is finished; returns trials completed.
+
+    ``parent_pid``: the search process that started this worker; the worker ends with it.
+    """
+    if parent_pid is not None:
+        _exit_with_parent(parent_pid, poll_s)
     torch.set_num_threads(threads)
     store = TrialStore(url)
     name = worker_name()
-    config = None
+    config = store.get_meta(CONFIG_KEY)
+    if config is None:  # started before the proposer wrote the config
+        log.info(
+            "worker %s: waiting for a search to write its config into %s", name, store.display_url
+        )
     while config is None:
+        time.sleep(poll_s)
         config = store.get_meta(CONFIG_KEY)
-        if config is None:
-            time.sleep(poll_s)  # started before the proposer wrote the config
+    if _finished(store):
+        log.info(
+            "the search on %s is finished and has no queued trial: nothing to do (%s)",
+            store.display_url,
+            _summary(store),
+        )
+        store.close()
+        return 0
     _, evaluator = build_context(config)
     done = 0
     log.info("worker %s serving %s", name, store.display_url)
     while max_trials is None or done < max_trials:
         trial = store.claim(name, stale_after_s)
         if trial is None:
-            if store.get_meta(STATE_KEY) == "finished":
+            if _finished(store):
+                log.info(
+                    "the search is finished and no trial is queued; worker %s exits after %d "
+                    "trial(s) (%s)",
+                    name,
+                    done,
+                    _summary(store),
+                )
                 break
             time.sleep(poll_s)
             continue
@@ -112,10 +167,20 @@ def serve(
     return done
 
 
+def _finished(store: TrialStore) -> bool:
+    return store.get_meta(STATE_KEY) == "finished" and not store.counts().get(QUEUED)
+
+
+def _summary(store: TrialStore) -> str:
+    counts = store.counts()
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials"
+
+
+@console_script("rankitect-worker")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m rankitect.search.sampling",
-        description="Evaluate queued Rankitect trials from a store.",
+        prog="rankitect-worker",
+        description="Evaluate queued Rankitect trials from the store of a sampling search.",
     )
     parser.add_argument("--store", required=True, help="SQLAlchemy URL of the trial store")
     parser.add_argument("--poll-s", type=float, default=0.5)
@@ -124,6 +189,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-trials", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     args = parser.parse_args(argv)
+    try:
+        path = missing_sqlite_file(args.store)
+    except sa.exc.ArgumentError as err:
+        parser.error(f"--store {args.store!r}: {err}")
+    if path is not None:
+        parser.exit(
+            2,
+            f"{parser.prog}: error: no trial store at {path}: a sampling search creates it "
+            "(rankitect-search method=sampling writes <run dir>/trials.db, or the file named by "
+            "method.store); start the search first, or pass the path of its store\n",
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     serve(
         args.store,

@@ -1,0 +1,441 @@
+"""What a search ends with: a retrained model compared with the baselines, not a supernet score.
+
+After any method, `finalize`:
+
+1. takes the search's top-k *distinct* candidates within the FLOPs target (`finalist_archs`:
+   the method's own ranked candidates, or the mode and near-modes of its final decision
+   distribution);
+2. retrains each from scratch briefly, with successive halving over growing epoch budgets;
+3. retrains the winner under the baselines' recipe (`rankitect.train.train`: early stopping on
+   validation AUC, the best checkpoint tested), over one or more seeds;
+4. trains the named baselines the same way in the same run (or reads an earlier run's
+   ``results.json``), and
+5. exports the winner (`torch.export`, TorchScript where export fails) so it serves without
+   Rankitect.
+
+Every retrain lives in its own directory under ``<run>/final/``; one with a ``results.json``
+is read back instead of rerun, so a resumed search does not retrain what it finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from rankitect.io import atomic_write_text
+from rankitect.search.outcome import SearchOutcome
+from rankitect.search.sampling.halving import successive_halving
+
+log = logging.getLogger(__name__)
+
+METRICS = ("auc", "logloss", "ne")
+
+
+@dataclass(frozen=True)
+class FinalConfig:
+    """``cfg.final`` of `rankitect-search` (conf/search.yaml documents every key)."""
+
+    enabled: bool = True
+    finalists: int = 4
+    halving_epochs: tuple[int, ...] = (1, 2)
+    eta: float = 2.0
+    seeds: tuple[int, ...] = (0,)
+    max_epochs: int = 20
+    patience: int = 2
+    batch_size: int | None = None
+    lr: float = 1e-3
+    gradient_clip_val: float | None = None
+    baselines: tuple[Any, ...] = ()
+    export: bool = True
+    draws: int = 512
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> FinalConfig:
+        raw = dict(
+            OmegaConf.to_container(cfg, resolve=True)
+            if isinstance(cfg, DictConfig)
+            else (cfg or {})
+        )
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"final: unknown key(s) {unknown}; known: {sorted(known)}")
+        for key in ("halving_epochs", "seeds", "baselines"):
+            if key in raw:
+                raw[key] = tuple(raw[key] or ())
+        out = cls(**raw)
+        positive = {
+            "finalists": out.finalists,
+            "max_epochs": out.max_epochs,
+            "patience": out.patience,
+            "draws": out.draws,
+        }
+        for key, value in positive.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"final.{key} must be an int >= 1, got {value!r}")
+        if not out.seeds:
+            raise ValueError("final.seeds must name at least one seed")
+        if (
+            not out.halving_epochs
+            or list(out.halving_epochs) != sorted(out.halving_epochs)
+            or (out.halving_epochs[0] < 1)
+        ):
+            raise ValueError(
+                f"final.halving_epochs must be ascending ints >= 1, got {list(out.halving_epochs)}"
+            )
+        if not out.eta > 1:
+            raise ValueError(f"final.eta must be > 1, got {out.eta}")
+        if not out.lr > 0:
+            raise ValueError(f"final.lr must be > 0, got {out.lr}")
+        return out
+
+
+# ---- finalists ----------------------------------------------------------------------------
+
+
+def finalist_archs(
+    space: Any,
+    outcome: SearchOutcome,
+    k: int,
+    target_flops: float | None,
+    draws: int = 512,
+    seed: int = 0,
+) -> list[Any]:
+    """Up to ``k`` distinct candidate architectures within the FLOPs target, best first.
+
+    The method's ranked ``outcome.candidates`` when it has them (the sampling search's proxy
+    ranking), else the found architecture, then the most probable of ``draws`` architectures
+    drawn from the final decision distribution. Candidates above the target are not eligible;
+    when none is within it the space's seed is the fallback if it is, else a ValueError.
+    """
+    ranked = list(outcome.candidates) or [outcome.arch, *_near_modes(space, outcome, draws, seed)]
+    seen, out = set(), []
+    for arch in ranked:
+        key = arch.to_json()
+        if key in seen or (target_flops is not None and space.flops(arch) > target_flops):
+            continue
+        seen.add(key)
+        out.append(arch)
+        if len(out) == k:
+            break
+    if not out:
+        seed_arch = space.seed_arch() if getattr(space, "has_seed", False) else None
+        if seed_arch is not None and space.flops(seed_arch) <= target_flops:
+            log.warning(
+                "no searched candidate is within the FLOPs target %s: the space's seed "
+                "architecture (%d FLOPs) is the only finalist",
+                target_flops,
+                space.flops(seed_arch),
+            )
+            return [seed_arch]
+        raise ValueError(
+            f"no candidate architecture has FLOPs <= the target {target_flops:,.0f}; the found "
+            f"one has {space.flops(outcome.arch):,}"
+        )
+    return out
+
+
+def _near_modes(space: Any, outcome: SearchOutcome, draws: int, seed: int) -> list[Any]:
+    """Distinct architectures drawn from the per-decision distribution, most probable first."""
+    probs = [p.detach().double().cpu() for p in outcome.probs]
+    gen = torch.Generator().manual_seed(seed)
+    values = torch.stack([torch.multinomial(p, draws, True, generator=gen) for p in probs], 1)
+    logp = sum(torch.log(p.clamp_min(1e-300))[values[:, i]] for i, p in enumerate(probs))
+    archs: dict[str, tuple[float, Any]] = {}
+    for v, lp in zip(values, logp.tolist(), strict=True):
+        arch = space.decode(v)
+        key = arch.to_json()
+        archs[key] = max(archs.get(key, (-math.inf, arch)), (lp, arch), key=lambda t: t[0])
+    return [a for _, a in sorted(archs.values(), key=lambda t: -t[0])]
+
+
+# ---- retraining -----------------------------------------------------------------------------
+
+
+def recipe_config(
+    cfg: DictConfig, final: FinalConfig, model: Mapping[str, Any], seed: int, epochs: int
+) -> DictConfig:
+    """A `rankitect.train.train` config: the search's data, ``model``, the final recipe."""
+    from rankitect.space.spaces import conf_dir
+
+    defaults = OmegaConf.load(conf_dir() / "train.yaml")
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    if final.batch_size is not None:
+        data["batch_size"] = final.batch_size
+    trainer = {
+        "accelerator": cfg.trainer.get("accelerator", "cpu"),
+        "devices": 1,
+        "max_epochs": epochs,
+        "log_every_n_steps": 10,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "gradient_clip_val": final.gradient_clip_val,
+    }
+    if cfg.trainer.get("precision") is not None:
+        trainer["precision"] = cfg.trainer.precision
+    module = {**OmegaConf.to_container(defaults.module), "lr": final.lr}
+    return OmegaConf.create(
+        {
+            "seed": int(seed),
+            "name": None,
+            "resume": None,
+            "data": data,
+            "model": dict(model),
+            "trainer": trainer,
+            "logger": None,
+            "module": module,
+            "early_stopping": {"patience": final.patience},
+        }
+    )
+
+
+def retrain(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
+    """Train ``cfg`` in ``run_dir``, or read the results of a run that finished there."""
+    import json
+
+    from rankitect.train import train
+
+    done = run_dir / "results.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    return train(cfg, run_dir)
+
+
+def arch_model(space_cfg: Mapping[str, Any], arch_file: Path) -> dict[str, Any]:
+    """``model=arch`` of ``arch_file`` in the space ``space_cfg`` (its ``_target_`` dropped, or
+    instantiate would build the space without its feature spec)."""
+    space = {k: v for k, v in space_cfg.items() if k != "_target_"}
+    return {
+        "_target_": "rankitect.space.build_arch_model",
+        "_partial_": True,
+        "space": space,
+        "arch_file": str(arch_file),
+        "dropout": None,
+    }
+
+
+def baseline_model(spec: Any) -> tuple[str, dict[str, Any] | None, Path | None]:
+    """``(name, model config, earlier results.json)`` of one ``final.baselines`` entry: a
+    shipped model name, ``{name: model config}``, or a path to a ``results.json``."""
+    from rankitect.space.spaces import conf_dir
+
+    if isinstance(spec, str) and spec.endswith(".json"):
+        path = Path(spec)
+        if not path.is_file():
+            raise ValueError(f"final.baselines: results file {spec!r} does not exist")
+        return path.parent.name, None, path
+    if isinstance(spec, str):
+        path = conf_dir() / "model" / f"{spec}.yaml"
+        if not path.is_file():
+            shipped = sorted(p.stem for p in (conf_dir() / "model").glob("*.yaml"))
+            raise ValueError(f"final.baselines: unknown model {spec!r}; shipped: {shipped}")
+        return spec, OmegaConf.to_container(OmegaConf.load(path)), None
+    if isinstance(spec, Mapping) and len(spec) == 1:
+        ((name, model),) = spec.items()
+        if isinstance(model, Mapping) and "_target_" in model:
+            return str(name), dict(model), None
+    raise ValueError(
+        f"final.baselines: an entry is a shipped model name, a results.json path or "
+        f"{{name: model config with _target_}}, got {spec!r}"
+    )
+
+
+def summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``flops``, ``params`` and the mean ``val``/``test`` metrics of runs over seeds (with
+    ``seeds`` and the sample spread when there are several)."""
+    out: dict[str, Any] = {"flops": int(runs[0]["flops"]), "params": int(runs[0]["params"])}
+    for split in ("val", "test"):
+        out[split] = {m: statistics.mean(r[split][m] for r in runs) for m in METRICS}
+        if len(runs) > 1:
+            out[f"{split}_sd"] = {m: statistics.stdev(r[split][m] for r in runs) for m in METRICS}
+    if len(runs) > 1:
+        out["seeds"] = [
+            {
+                "seed": r["seed"],
+                "val": {m: r["val"][m] for m in METRICS},
+                "test": {m: r["test"][m] for m in METRICS},
+            }
+            for r in runs
+        ]
+    if "bayes_ne" in runs[0]:
+        out["bayes_ne"] = runs[0]["bayes_ne"]
+    return out
+
+
+def comparison_lines(final: Mapping[str, Any], baselines: Mapping[str, Any]) -> list[str]:
+    """The plain statement of the found model against each baseline (test split)."""
+    t = final["test"]
+    lines = [
+        f"found model: test AUC {t['auc']:.4f}, log loss {t['logloss']:.4f}, NE "
+        f"{t['ne']:.4f} at {final['flops']:,} FLOPs"
+    ]
+    if "bayes_ne" in final:
+        bayes = final["bayes_ne"]["test"]
+        lines.append(
+            f"Bayes-optimal test NE {bayes:.4f}: the found model is "
+            f"{100 * (t['ne'] - bayes) / bayes:.2f}% above it"
+        )
+    for name, b in baselines.items():
+        gain = 100 * (b["test"]["ne"] - t["ne"]) / b["test"]["ne"]
+        verdict = (
+            "beats"
+            if t["auc"] > b["test"]["auc"] and t["logloss"] < b["test"]["logloss"]
+            else "does not beat"
+        )
+        lines.append(
+            f"vs {name}: {verdict} it on test AUC and log loss ({t['auc']:.4f} vs "
+            f"{b['test']['auc']:.4f}, {t['logloss']:.4f} vs {b['test']['logloss']:.4f}); NE gain "
+            f"{gain:+.2f}%; FLOPs ratio {final['flops'] / max(b['flops'], 1):.3f}"
+        )
+    return lines
+
+
+# ---- export ---------------------------------------------------------------------------------
+
+
+def export_model(
+    model: torch.nn.Module, example: tuple[torch.Tensor, torch.Tensor], path: Path
+) -> str:
+    """Save ``model`` (eval mode) as a program that runs with torch alone; returns its format.
+
+    `torch.export` with a dynamic batch dimension; TorchScript tracing where export fails.
+    """
+    model = model.eval()
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")  # torch.export wants its suffix
+    try:
+        batch = torch.export.Dim("batch", min=2)
+        program = torch.export.export(
+            model, example, dynamic_shapes=({0: batch}, {0: batch}), strict=False
+        )
+        torch.export.save(program, tmp)
+        kind = "torch.export"
+    except Exception as err:  # noqa: BLE001 - any export failure falls back to TorchScript
+        log.warning("torch.export failed (%s); saving a TorchScript trace instead", err)
+        with torch.no_grad():
+            torch.jit.save(torch.jit.trace(model, example), tmp)
+        kind = "torchscript"
+    tmp.replace(path)
+    return kind
+
+
+def load_trained(space: Any, arch: Any, checkpoint: str) -> torch.nn.Module:
+    """The winner's model with the weights of its best checkpoint."""
+    from rankitect.space import materialize
+
+    model = materialize(space, arch)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    model.load_state_dict(
+        {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    )
+    return model
+
+
+# ---- the pipeline ---------------------------------------------------------------------------
+
+
+def finalize(
+    cfg: DictConfig,
+    space: Any,
+    outcome: SearchOutcome,
+    datamodule: Any,
+    output_dir: Path,
+    target_flops: float | None,
+) -> dict[str, Any]:
+    """Finalists -> halving -> winner retrained -> baselines -> export; the ``final``,
+    ``baselines``, ``final_candidates`` and ``final_halving`` blocks of ``results.json``."""
+    final = FinalConfig.from_config(cfg.get("final"))
+    started = time.perf_counter()
+    root = output_dir / "final"
+    space_cfg = OmegaConf.to_container(cfg.search_space, resolve=True)
+    candidates = finalist_archs(
+        space, outcome, final.finalists, target_flops, final.draws, int(cfg.seed)
+    )
+    files = []
+    for i, arch in enumerate(candidates):
+        files.append(root / "finalists" / f"arch{i}.json")
+        atomic_write_text(files[-1], arch.to_json() + "\n")
+    log.info(
+        "final: %d finalists (FLOPs %s) within target %s",
+        len(candidates),
+        [space.flops(a) for a in candidates],
+        target_flops,
+    )
+    by_index = dict(enumerate(candidates))
+
+    def evaluate(indices: list[int], epochs: int, rung: int) -> list[float]:
+        scores = []
+        for i in indices:
+            run = retrain(
+                root / f"rung{rung}" / f"arch{i}",
+                recipe_config(cfg, final, arch_model(space_cfg, files[i]), final.seeds[0], epochs),
+            )
+            scores.append(float(run["val"]["ne"]))
+            log.info(
+                "final: rung %d (%d epochs) finalist %d: val NE %.4f", rung, epochs, i, scores[-1]
+            )
+        return scores
+
+    rungs = (
+        successive_halving(list(by_index), final.halving_epochs, evaluate, eta=final.eta)
+        if len(candidates) > 1
+        else []
+    )
+    winner = rungs[-1].candidates[0] if rungs else 0
+    winner_runs = [
+        retrain(
+            root / f"winner_s{s}",
+            recipe_config(cfg, final, arch_model(space_cfg, files[winner]), s, final.max_epochs),
+        )
+        for s in final.seeds
+    ]
+    found = {
+        "arch": candidates[winner].to_dict(),
+        "arch_file": str(files[winner]),
+        "target_flops": target_flops,
+        **summary(winner_runs),
+    }
+    baselines = {}
+    for spec in final.baselines:
+        name, model, earlier = baseline_model(spec)
+        if earlier is not None:
+            import json
+
+            baselines[name] = summary([json.loads(earlier.read_text())])
+            continue
+        runs = [
+            retrain(
+                root / "baselines" / f"{name}_s{s}",
+                recipe_config(cfg, final, model, s, final.max_epochs),
+            )
+            for s in final.seeds
+        ]
+        baselines[name] = summary(runs)
+    if final.export:
+        model = load_trained(space, candidates[winner], winner_runs[0]["best_epoch_checkpoint"])
+        dense, sparse, _ = next(iter(datamodule.val_dataloader()))
+        path = output_dir / "final_model.pt2"
+        found["export"] = {
+            "path": str(path),
+            "format": export_model(model, (dense[:8], sparse[:8]), path),
+            "checkpoint": winner_runs[0]["best_epoch_checkpoint"],
+        }
+    return {
+        "final": found,
+        "baselines": baselines,
+        "final_candidates": [
+            {"arch": a.to_dict(), "flops": int(space.flops(a))} for a in candidates
+        ],
+        "final_halving": [
+            {"epochs": r.budget, "finalists": r.candidates, "val_ne": r.scores} for r in rungs
+        ],
+        "final_seconds": round(time.perf_counter() - started, 2),
+    }

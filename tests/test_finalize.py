@@ -1,0 +1,160 @@
+"""From a search's outcome to a retrained model compared with the baselines (`finalize`)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from rankitect.search.finalize import FinalConfig, finalist_archs, finalize, summary
+from rankitect.search.outcome import SearchOutcome
+from rankitect.space import load_space
+from rankitect.space.spaces import conf_dir
+
+TINY = [
+    "data.source.n_train=3000",
+    "data.source.n_val=600",
+    "data.source.n_test=600",
+    "data.batch_size=250",
+    "search_space=generic",
+    "logger=none",
+]
+
+
+def compose_search(*overrides):
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        return compose("search", overrides=[*TINY, *overrides])
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = compose_search()
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    space = load_space(OmegaConf.to_container(cfg.search_space), dm.feature_spec)
+    return cfg, dm, space
+
+
+def test_finalists_are_distinct_within_the_target_and_start_at_the_mode(setup):
+    _, _, space = setup
+    probs = space.priors()
+    mode = space.sample(torch.Generator().manual_seed(0))
+    outcome = SearchOutcome(arch=mode, probs=probs)
+    target = space.flops(mode) * 1.5
+    archs = finalist_archs(space, outcome, 5, target, draws=256)
+    assert archs[0] == mode and len(archs) == 5
+    assert len({a.to_json() for a in archs}) == 5
+    assert all(space.flops(a) <= target for a in archs)
+    # a method's own ranking is kept, and candidates above the target are dropped
+    big = max(archs, key=space.flops)
+    ranked = SearchOutcome(arch=big, probs=probs, candidates=[big, *archs])
+    kept = finalist_archs(space, ranked, 3, space.flops(big) - 1)
+    assert big not in kept and kept == [a for a in archs if a != big][:3]
+
+
+def test_no_candidate_within_the_target_is_a_clear_error(setup):
+    _, _, space = setup
+    arch = space.sample(torch.Generator().manual_seed(1))
+    outcome = SearchOutcome(arch=arch, probs=space.one_hot(space.values(arch)))
+    with pytest.raises(ValueError, match="no candidate architecture has FLOPs <= the target"):
+        finalist_archs(space, outcome, 3, 1.0, draws=8)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"finalists": 0}, "final.finalists"),
+        ({"halving_epochs": [2, 1]}, "final.halving_epochs"),
+        ({"seeds": []}, "final.seeds"),
+        ({"eta": 1}, "final.eta"),
+        ({"bogus": 1}, "unknown key"),
+    ],
+)
+def test_bad_final_settings_name_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        FinalConfig.from_config(override)
+
+
+def test_summary_over_seeds_gives_means_spreads_and_each_seed():
+    runs = [
+        {
+            "flops": 10,
+            "params": 3,
+            "seed": s,
+            "val": {"auc": a, "logloss": 0.2, "ne": 0.5},
+            "test": {"auc": a, "logloss": 0.3, "ne": 0.6},
+        }
+        for s, a in ((0, 0.7), (1, 0.9))
+    ]
+    out = summary(runs)
+    assert out["test"]["auc"] == pytest.approx(0.8) and out["test_sd"]["auc"] > 0.1
+    assert [s["seed"] for s in out["seeds"]] == [0, 1] and out["flops"] == 10
+
+
+@pytest.mark.slow
+def test_finalize_retrains_compares_and_exports(setup, tmp_path):
+    cfg, dm, space = setup
+    cfg = compose_search(
+        "final.finalists=2",
+        "final.halving_epochs=[1]",
+        "final.max_epochs=1",
+        "final.baselines=[lr]",
+    )
+    gen = torch.Generator().manual_seed(2)
+    mode = space.sample(gen)
+    outcome = SearchOutcome(arch=mode, probs=space.priors())
+    target = float(space.flops(mode)) * 2
+    out = finalize(cfg, space, outcome, dm, tmp_path, target)
+    final = out["final"]
+    assert final["flops"] <= target and final["flops"] == space.flops(
+        space.validate(type(mode).from_dict(final["arch"]))
+    )
+    for split in ("val", "test"):
+        assert set(final[split]) == {"auc", "logloss", "ne"}
+    assert set(out["baselines"]) == {"lr"} and out["baselines"]["lr"]["flops"] > 0
+    rungs = out["final_halving"]
+    assert [r["epochs"] for r in rungs] == [1] and len(rungs[0]["finalists"]) == 2
+    assert len({json.dumps(f["arch"]) for f in out["final_candidates"]}) == 2
+    assert final["arch"] == out["final_candidates"][rungs[0]["finalists"][0]]["arch"]
+    # finished retrains are read back, not rerun
+    mtime = (tmp_path / "final" / "winner_s0" / "results.json").stat().st_mtime
+    again = finalize(cfg, space, outcome, dm, tmp_path, target)
+    assert again["final"]["test"] == final["test"]
+    assert (tmp_path / "final" / "winner_s0" / "results.json").stat().st_mtime == mtime
+    # the exported program runs in a fresh process with torch alone, giving the same logits
+    export = final["export"]
+    dense, sparse, _ = next(iter(dm.test_dataloader()))
+    torch.save({"dense": dense[:16], "sparse": sparse[:16]}, tmp_path / "batch.pt")
+    code = (
+        "import sys, torch\n"
+        "b = torch.load(sys.argv[2])\n"
+        f"kind = {export['format']!r}\n"
+        "m = torch.export.load(sys.argv[1]).module() if kind == 'torch.export' "
+        "else torch.jit.load(sys.argv[1])\n"
+        "torch.save(m(b['dense'], b['sparse']), sys.argv[3])\n"
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            code,
+            export["path"],
+            str(tmp_path / "batch.pt"),
+            str(tmp_path / "logits.pt"),
+        ],
+        check=True,
+        cwd=tmp_path,
+    )
+    from rankitect.search.finalize import load_trained
+
+    model = load_trained(
+        space, space.validate(type(mode).from_dict(final["arch"])), export["checkpoint"]
+    ).eval()
+    with torch.no_grad():
+        want = model(dense[:16], sparse[:16])
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), want, atol=1e-5, rtol=1e-5)
