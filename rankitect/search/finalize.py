@@ -19,6 +19,7 @@ is read back instead of rerun, so a resumed search does not retrain what it fini
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import statistics
@@ -34,6 +35,9 @@ from omegaconf import DictConfig, OmegaConf
 from rankitect.io import atomic_write_text
 from rankitect.search.outcome import SearchOutcome
 from rankitect.search.sampling.halving import successive_halving
+from rankitect.space import materialize
+from rankitect.space.spaces import conf_dir
+from rankitect.train import train
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +169,6 @@ def recipe_config(
     cfg: DictConfig, final: FinalConfig, model: Mapping[str, Any], seed: int, epochs: int
 ) -> DictConfig:
     """A `rankitect.train.train` config: the search's data, ``model``, the final recipe."""
-    from rankitect.space.spaces import conf_dir
-
     defaults = OmegaConf.load(conf_dir() / "train.yaml")
     data = OmegaConf.to_container(cfg.data, resolve=True)
     if final.batch_size is not None:
@@ -200,10 +202,6 @@ def recipe_config(
 
 def retrain(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
     """Train ``cfg`` in ``run_dir``, or read the results of a run that finished there."""
-    import json
-
-    from rankitect.train import train
-
     done = run_dir / "results.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -226,8 +224,6 @@ def arch_model(space_cfg: Mapping[str, Any], arch_file: Path) -> dict[str, Any]:
 def baseline_model(spec: Any) -> tuple[str, dict[str, Any] | None, Path | None]:
     """``(name, model config, earlier results.json)`` of one ``final.baselines`` entry: a
     shipped model name, ``{name: model config}``, or a path to a ``results.json``."""
-    from rankitect.space.spaces import conf_dir
-
     if isinstance(spec, str) and spec.endswith(".json"):
         path = Path(spec)
         if not path.is_file():
@@ -329,8 +325,6 @@ def export_model(
 
 def load_trained(space: Any, arch: Any, checkpoint: str) -> torch.nn.Module:
     """The winner's model with the weights of its best checkpoint."""
-    from rankitect.space import materialize
-
     model = materialize(space, arch)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
     model.load_state_dict(
@@ -407,8 +401,6 @@ def finalize(
     for spec in final.baselines:
         name, model, earlier = baseline_model(spec)
         if earlier is not None:
-            import json
-
             baselines[name] = summary([json.loads(earlier.read_text())])
             continue
         runs = [
