@@ -142,7 +142,7 @@ def log_found(results: dict[str, Any], output_dir: Path) -> None:
     every warning about what the result means."""
     target = results.get("target_flops")
     log.info(
-        "found a %s-FLOPs architecture%s: %s; wrote %s",
+        "the search's own pick: a %s-FLOPs architecture%s: %s; wrote %s",
         f"{results['flops']:,}",
         "" if target is None else f" (target {target:,.0f})",
         comparison(results),
