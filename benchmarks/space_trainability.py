@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
-from rankitect.metrics import normalized_entropy
-from rankitect.metrics.ranking import make_auroc
-from rankitect.space import load_space, materialize
-from rankitect.space.blocks import LayerSettings
-from rankitect.space.spaces import conf_dir
+sys.path.insert(0, str(Path(__file__).parent))
+from sampling_common import setup  # noqa: E402
+
+from rankitect.metrics import normalized_entropy  # noqa: E402
+from rankitect.metrics.ranking import make_auroc  # noqa: E402
+from rankitect.space import materialize  # noqa: E402
+from rankitect.space.blocks import LayerSettings  # noqa: E402
 
 SETTINGS = {
     "space": lambda s: s,
@@ -36,14 +38,6 @@ SETTINGS = {
     "layer_xavier": lambda s: replace(s, norm="layer"),
     "batch_torch": lambda s: replace(s, init="torch"),
 }
-
-
-def datamodule(name: str, overrides: list[str]):
-    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=[f"data={name}", *overrides])
-    dm = instantiate(cfg.data)
-    dm.setup("fit")
-    return dm
 
 
 @torch.no_grad()
@@ -81,8 +75,7 @@ def main() -> None:
     parser.add_argument("--layers", nargs="+", default=["space", "paper"], choices=SETTINGS)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the data config")
     args = parser.parse_args()
-    dm = datamodule(args.data, args.overrides)
-    space = load_space(args.space, dm.feature_spec)
+    dm, space = setup(args.data, args.space, args.overrides)
     gen = torch.Generator().manual_seed(args.seed)
     archs = [space.sample(gen) for _ in range(args.archs)]
     own = space.layer

@@ -159,7 +159,7 @@ def _prefix_masks(options: Sequence[int]) -> torch.Tensor:
     return (torch.arange(options[-1]) < torch.tensor(options)[:, None]).float()
 
 
-def _cat(ts: list[torch.Tensor], dim: int) -> torch.Tensor:
+def cat(ts: list[torch.Tensor], dim: int) -> torch.Tensor:
     return ts[0] if len(ts) == 1 else torch.cat(ts, dim=dim)
 
 
@@ -187,7 +187,7 @@ def interact(kind: str, projected_left: torch.Tensor, right: torch.Tensor) -> to
 
 def stack_rows(rows: list[torch.Tensor]) -> torch.Tensor:
     """3-D adaptor: concatenate ``(B, n_i, D)`` pieces along the middle axis."""
-    return _cat(rows, 1)
+    return cat(rows, 1)
 
 
 def flatten_2d(x: torch.Tensor) -> torch.Tensor:
@@ -322,27 +322,27 @@ class LinearBlock(nn.Module):
 
     def _weights(self, inputs: Sequence[int], dim: int, spans: Mapping[int, Span]):
         cols = [spans[k].take(self.weight[str(k)][:dim], 1) for k in inputs]
-        return _cat(cols, 1), self.bias[:dim]
+        return cat(cols, 1), self.bias[:dim]
 
     def sliced(self, inputs: Sequence[int], dim: int, spans: Mapping[int, Span]):
         weight, bias = self._weights(inputs, dim, spans)
         cols = [spans[k].size for k in inputs]
         state = {f"weight.{k}": w for k, w in zip(inputs, weight.split(cols, 1), strict=True)}
-        return {**state, "bias": bias, **_prefixed("norm", self.norm.sliced(Span(dim)))}
+        return {**state, "bias": bias, **prefixed("norm", self.norm.sliced(Span(dim)))}
 
     def hard(
         self, inputs: Sequence[int], dim: int, spans: Mapping[int, Span], xs: list[torch.Tensor]
     ) -> torch.Tensor:
         weight, bias = self._weights(inputs, dim, spans)
-        z = F.linear(_cat([flatten_2d(x) for x in xs], 1), weight, bias)
+        z = F.linear(cat([flatten_2d(x) for x in xs], 1), weight, bias)
         return _settled(self.settings, z, lambda t: self.norm.hard(t, Span(dim)))
 
     def soft(
         self, flats: dict[int, torch.Tensor], dims: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         keys = list(flats)
-        x = _cat([flats[k] for k in keys], 1)
-        z = F.linear(x, _cat([self.weight[str(k)] for k in keys], 1), self.bias)
+        x = cat([flats[k] for k in keys], 1)
+        z = F.linear(x, cat([self.weight[str(k)] for k in keys], 1), self.bias)
         support = dims @ self.prefix
         out = _settled(self.settings, z, lambda t: self.norm.soft(t, support))
         return support * out, support
@@ -404,14 +404,14 @@ class RowBlock(nn.Module):
 
     def _weights(self, inputs: Sequence[int], dim: int, slots: Sequence[Span]):
         cols = [s.take(self.weight[str(k)][:dim], 1) for k, s in zip(inputs, slots, strict=True)]
-        return _cat(cols, 1), self.bias[:dim]
+        return cat(cols, 1), self.bias[:dim]
 
     def sliced(self, inputs, dim, slots, dot_span) -> dict[str, torch.Tensor]:
         weight, bias = self._weights(inputs, dim, slots)
         parts = weight.split([s.size for s in slots], 1)
         state = {f"weight.{k}": w for k, w in zip(inputs, parts, strict=True)}
         norm = self.norm.sliced(self._norm_span(dim, dot_span))
-        return {**state, "bias": bias, **_prefixed("norm", norm)}
+        return {**state, "bias": bias, **prefixed("norm", norm)}
 
     def hard(self, inputs, dim, slots, dot_span, rows: torch.Tensor) -> torch.Tensor:
         weight, bias = self._weights(inputs, dim, slots)
@@ -431,7 +431,7 @@ class RowBlock(nn.Module):
         """``rows (B, n_rows, D)`` with ``row_support (b, n_rows)``; returns the output and its
         support: ``(B, M, D)`` and row mask ``(b, M)`` for EmbedFC, flat ``(B, n_rows * M)``
         and its support for the dot product."""
-        weight = _cat(list(self.weight.values()), 1)
+        weight = cat(list(self.weight.values()), 1)
         mask = dims @ self.prefix  # (b, M)
         if self.block == DOT_PRODUCT:
             support = (row_support.unsqueeze(-1) * mask.unsqueeze(-2)).flatten(1)
@@ -459,7 +459,7 @@ class PairwiseBlock(nn.Module):
         self.norm = BlockNorm(settings.norm, width)
 
     def sliced(self, span: Span) -> dict[str, torch.Tensor]:
-        return _prefixed("norm", self.norm.sliced(span))
+        return prefixed("norm", self.norm.sliced(span))
 
     def hard(self, projected: torch.Tensor, right: torch.Tensor, span: Span) -> torch.Tensor:
         z = interact(self.kind, projected, flatten_2d(right))
@@ -513,5 +513,5 @@ class Classifier(nn.Module):
         return F.linear(flatten_2d(x), weight, self.bias).squeeze(-1)
 
 
-def _prefixed(prefix: str, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def prefixed(prefix: str, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {f"{prefix}.{k}": v for k, v in state.items()}

@@ -45,8 +45,10 @@ from rankitect.space.blocks import (
     PairwiseBlock,
     RowAdaptor,
     RowBlock,
+    cat,
     interact,
     pad,
+    prefixed,
     stack_rows,
 )
 from rankitect.space.cost import connection_weights
@@ -54,16 +56,8 @@ from rankitect.space.layout import ChoiceLayout, HardPlan, SourceLayout, SpaceLa
 from rankitect.space.space import ChoiceSpec, SearchSpace
 
 
-def _cat(ts: list[torch.Tensor], dim: int) -> torch.Tensor:
-    return ts[0] if len(ts) == 1 else torch.cat(ts, dim=dim)
-
-
 def pair_key(left: int, right: int) -> str:
     return f"{left}_{right}"
-
-
-def _prefixed(prefix: str, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.{k}": v for k, v in state.items()}
 
 
 # ---- soft masks: weighted tensors with their supports -----------------------------------------
@@ -145,11 +139,11 @@ class SuperChoice(nn.Module):
             own = block.sliced(plan.spans[ch.right])
         else:
             own = block.sliced(ch.inputs, ch.dim, plan.row_slots[c], plan.dot_spans.get(c))
-        state = _prefixed(f"blocks.{ch.block}", own)
+        state = prefixed(f"blocks.{ch.block}", own)
         if ch.block in ROW_BLOCKS:
             for k in ch.inputs:
                 if not is3d[k]:
-                    state.update(_prefixed("adaptor", self.adaptor.sliced(k, plan.spans[k])))
+                    state.update(prefixed("adaptor", self.adaptor.sliced(k, plan.spans[k])))
         return state
 
     def hard(
@@ -218,7 +212,7 @@ class SuperChoice(nn.Module):
             if src.x3 is not None:
                 rows.append(src.x3 * on.unsqueeze(-1))
                 support.append(src.r3 * on)
-        return stack_rows(rows), _cat(support, 1)
+        return stack_rows(rows), cat(support, 1)
 
     def _soft_pairwise(
         self, kind: str, w: ChoiceWeights, flat: FlatFn, pair: PairFn
@@ -392,7 +386,7 @@ class Supernet(ChoiceNet):
                 fc = self.pairs[key].sliced(plan.spans[ch.left], plan.spans[ch.right])
                 state.update({f"pairs.{key}.{name}": t for name, t in fc.items()})
         last = plan.spans[choice_input(len(arch.choices) - 1)]
-        state.update(_prefixed("classifier", self.classifier.sliced(last)))
+        state.update(prefixed("classifier", self.classifier.sliced(last)))
         return state
 
     # ---- soft masks ----------------------------------------------------------------------------
