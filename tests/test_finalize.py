@@ -10,7 +10,16 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from rankitect.search.finalize import FinalConfig, finalist_archs, finalize, summary
+from rankitect.search.finalize import (
+    FinalConfig,
+    comparison_lines,
+    finalist_archs,
+    finalize,
+    recipe_config,
+    recipe_differences,
+    retrain,
+    summary,
+)
 from rankitect.search.outcome import SearchOutcome
 from rankitect.space import load_space
 from rankitect.space.spaces import conf_dir
@@ -95,6 +104,34 @@ def test_summary_over_seeds_gives_means_spreads_and_each_seed():
     assert [s["seed"] for s in out["seeds"]] == [0, 1] and out["flops"] == 10
 
 
+def test_a_baseline_under_another_recipe_is_flagged_in_the_comparison():
+    ours = {"data": {"batch_size": 4096, "source": {"root": "a"}}, "module": {"lr": 1e-3}}
+    theirs = {"data": {"batch_size": 1024, "source": {"root": "a"}}, "module": {"lr": 1e-3}}
+    diffs = recipe_differences(ours, theirs)
+    assert diffs == {"data.batch_size": {"final": 4096, "baseline": 1024}}
+    metrics = {"auc": 0.8, "logloss": 0.4, "ne": 0.9}
+    found = {"test": metrics, "flops": 10}
+    (line,) = comparison_lines(found, {"dnn": {"test": metrics, "flops": 10}})[1:]
+    assert "NOT the same recipe" not in line
+    (line,) = comparison_lines(
+        found, {"dnn": {"test": metrics, "flops": 10, "recipe_differs": diffs}}
+    )[1:]
+    assert "NOT the same recipe: data.batch_size 4096 vs 1024" in line
+
+
+def test_a_finished_retrain_under_other_settings_is_not_reused(setup, tmp_path):
+    cfg, _, _ = setup
+    final = FinalConfig.from_config(cfg.final)
+    model = {"_target_": "rankitect.models.LR", "_partial_": True}
+    run_cfg = recipe_config(cfg, final, model, 0, 1)
+    done = {"val": {}, "config": OmegaConf.to_container(run_cfg, resolve=True)}
+    (tmp_path / "results.json").write_text(json.dumps(done))
+    assert retrain(tmp_path, run_cfg) == done
+    run_cfg.data.batch_size = 7
+    with pytest.raises(ValueError, match=r"results.json: a finished retrain .*data.batch_size 7"):
+        retrain(tmp_path, run_cfg)
+
+
 @pytest.mark.slow
 def test_finalize_retrains_compares_and_exports(setup, tmp_path):
     cfg, dm, space = setup
@@ -125,6 +162,16 @@ def test_finalize_retrains_compares_and_exports(setup, tmp_path):
     again = finalize(cfg, space, outcome, dm, tmp_path, target)
     assert again["final"]["test"] == final["test"]
     assert (tmp_path / "final" / "winner_s0" / "results.json").stat().st_mtime == mtime
+    # a baseline read by path from a run under the same recipe compares like for like
+    earlier = tmp_path / "final" / "baselines" / "lr_s0" / "results.json"
+    by_path = compose_search(
+        "final.finalists=2",
+        "final.halving_epochs=[1]",
+        "final.max_epochs=1",
+        f"final.baselines=[{earlier}]",
+    )
+    again = finalize(by_path, space, outcome, dm, tmp_path, target)
+    assert "recipe_differs" not in again["baselines"]["lr_s0"]
     # the exported program runs in a fresh process with torch alone, giving the same logits
     export = final["export"]
     dense, sparse, _ = next(iter(dm.test_dataloader()))

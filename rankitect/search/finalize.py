@@ -204,7 +204,17 @@ def retrain(run_dir: Path, cfg: DictConfig) -> dict[str, Any]:
     """Train ``cfg`` in ``run_dir``, or read the results of a run that finished there."""
     done = run_dir / "results.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        run = json.loads(done.read_text())
+        ours = OmegaConf.to_container(cfg, resolve=True)
+        diffs = recipe_differences(ours, run.get("config", {}))
+        if run.get("config", {}).get("model") != ours["model"]:
+            diffs["model"] = {"final": ours["model"], "baseline": run["config"].get("model")}
+        if diffs:
+            raise ValueError(
+                f"{done}: a finished retrain under other settings ({_recipe_note(diffs)[2:-1]}); "
+                "delete that directory to retrain, or use another hydra.run.dir"
+            )
+        return run
     return train(cfg, run_dir)
 
 
@@ -243,6 +253,37 @@ def baseline_model(spec: Any) -> tuple[str, dict[str, Any] | None, Path | None]:
         f"final.baselines: an entry is a shipped model name, a results.json path or "
         f"{{name: model config with _target_}}, got {spec!r}"
     )
+
+
+# the settings of a training that make two of them comparable (dotted paths in its config)
+RECIPE_KEYS = (
+    "data.source",
+    "data.batch_size",
+    "module.lr",
+    "module.weight_decay",
+    "trainer.gradient_clip_val",
+    "trainer.max_epochs",
+    "early_stopping.patience",
+)
+
+
+def recipe_differences(
+    ours: Mapping[str, Any], theirs: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """``{key: {"final": ours, "baseline": theirs}}`` for each `RECIPE_KEYS` entry on which two
+    training configs differ: a baseline read from an earlier run must have been trained on the
+    same data under the same recipe, or the comparison says nothing about the architectures."""
+
+    def get(cfg: Mapping[str, Any], key: str) -> Any:
+        for part in key.split("."):
+            cfg = cfg.get(part) if isinstance(cfg, Mapping) else None
+        return cfg
+
+    return {
+        k: {"final": get(ours, k), "baseline": get(theirs, k)}
+        for k in RECIPE_KEYS
+        if get(ours, k) != get(theirs, k)
+    }
 
 
 def summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -291,8 +332,16 @@ def comparison_lines(final: Mapping[str, Any], baselines: Mapping[str, Any]) -> 
             f"vs {name}: {verdict} it on test AUC and log loss ({t['auc']:.4f} vs "
             f"{b['test']['auc']:.4f}, {t['logloss']:.4f} vs {b['test']['logloss']:.4f}); NE gain "
             f"{gain:+.2f}%; FLOPs ratio {final['flops'] / max(b['flops'], 1):.3f}"
+            + _recipe_note(b.get("recipe_differs", {}))
         )
     return lines
+
+
+def _recipe_note(diffs: Mapping[str, Mapping[str, Any]]) -> str:
+    if not diffs:
+        return ""
+    parts = ", ".join(f"{k} {d['final']} vs {d['baseline']}" for k, d in diffs.items())
+    return f" (NOT the same recipe: {parts})"
 
 
 # ---- export ---------------------------------------------------------------------------------
@@ -401,7 +450,20 @@ def finalize(
     for spec in final.baselines:
         name, model, earlier = baseline_model(spec)
         if earlier is not None:
-            baselines[name] = summary([json.loads(earlier.read_text())])
+            run = json.loads(earlier.read_text())
+            baselines[name] = summary([run])
+            ours = OmegaConf.to_container(
+                recipe_config(cfg, final, {}, final.seeds[0], final.max_epochs), resolve=True
+            )
+            diffs = recipe_differences(ours, run.get("config", {}))
+            if diffs:
+                baselines[name]["recipe_differs"] = diffs
+                log.warning(
+                    "final.baselines: %s was trained under another recipe than the final model "
+                    "(%s): the comparison is not like for like",
+                    earlier,
+                    _recipe_note(diffs)[2:-1],
+                )
             continue
         runs = [
             retrain(
