@@ -61,8 +61,22 @@ def test_finalists_are_distinct_within_the_target_and_start_at_the_mode(setup):
     # a method's own ranking is kept, and candidates above the target are dropped
     big = max(archs, key=space.flops)
     ranked = SearchOutcome(arch=big, probs=probs, candidates=[big, *archs])
-    kept = finalist_archs(space, ranked, 3, space.flops(big) - 1)
+    kept = finalist_archs(space, ranked, 3, space.flops(big) - 1, near_target=0.0)
     assert big not in kept and kept == [a for a in archs if a != big][:3]
+
+
+def test_a_finalist_near_the_target_is_always_in_the_race(setup):
+    _, _, space = setup
+    gen = torch.Generator().manual_seed(3)
+    distinct = sorted({space.sample(gen).to_json() for _ in range(40)})
+    archs = sorted((space.arch_from_json(a) for a in distinct), key=space.flops)
+    small, large = archs[:3], archs[-1]
+    target = space.flops(large)
+    assert all(space.flops(a) < 0.9 * target for a in small)
+    outcome = SearchOutcome(arch=small[0], probs=space.priors(), candidates=[*small, large])
+    kept = finalist_archs(space, outcome, 3, target)
+    assert kept == [small[0], small[1], large]
+    assert finalist_archs(space, outcome, 3, target, near_target=0.0) == small
 
 
 def test_no_candidate_within_the_target_is_a_clear_error(setup):

@@ -61,6 +61,7 @@ class FinalConfig:
     baselines: tuple[Any, ...] = ()
     export: bool = True
     draws: int = 512
+    near_target: float = 0.9
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> FinalConfig:
@@ -100,6 +101,8 @@ class FinalConfig:
             raise ValueError(f"final.eta must be > 1, got {out.eta}")
         if not out.lr > 0:
             raise ValueError(f"final.lr must be > 0, got {out.lr}")
+        if not 0 <= out.near_target <= 1:
+            raise ValueError(f"final.near_target must be in [0, 1], got {out.near_target}")
         return out
 
 
@@ -113,24 +116,31 @@ def finalist_archs(
     target_flops: float | None,
     draws: int = 512,
     seed: int = 0,
+    near_target: float = 0.9,
 ) -> list[Any]:
     """Up to ``k`` distinct candidate architectures within the FLOPs target, best first.
 
     The method's ranked ``outcome.candidates`` when it has them (the sampling search's proxy
     ranking), else the found architecture, then the most probable of ``draws`` architectures
     drawn from the final decision distribution. Candidates above the target are not eligible;
-    when none is within it the space's seed is the fallback if it is, else a ValueError.
+    when none is within it the space's seed is the fallback if it is, else a ValueError. When
+    no finalist reaches ``near_target`` x the target, the best-ranked candidate that does
+    takes the last place, so a smaller final model is one that won on NE, not by default.
     """
     ranked = list(outcome.candidates) or [outcome.arch, *_near_modes(space, outcome, draws, seed)]
-    seen, out = set(), []
+    eligible, seen = [], set()
     for arch in ranked:
         key = arch.to_json()
         if key in seen or (target_flops is not None and space.flops(arch) > target_flops):
             continue
         seen.add(key)
-        out.append(arch)
-        if len(out) == k:
-            break
+        eligible.append(arch)
+    out = eligible[:k]
+    if target_flops is not None and out:
+        floor = near_target * target_flops
+        near = [a for a in eligible if space.flops(a) >= floor]
+        if near and all(space.flops(a) < floor for a in out):
+            out[-1 if len(out) == k else len(out) :] = [near[0]]
     if not out:
         seed_arch = space.seed_arch() if getattr(space, "has_seed", False) else None
         if seed_arch is not None and space.flops(seed_arch) <= target_flops:
@@ -400,7 +410,7 @@ def finalize(
     root = output_dir / "final"
     space_cfg = OmegaConf.to_container(cfg.search_space, resolve=True)
     candidates = finalist_archs(
-        space, outcome, final.finalists, target_flops, final.draws, int(cfg.seed)
+        space, outcome, final.finalists, target_flops, final.draws, int(cfg.seed), final.near_target
     )
     files = []
     for i, arch in enumerate(candidates):
