@@ -269,6 +269,45 @@ def run_row(path: Path, res: dict[str, Any], sources: dict[Path, dict | None]) -
     return row
 
 
+def final_row(search: dict[str, Any], final: Any) -> dict[str, Any]:
+    """The retrained final model of a search run (its ``final`` block, conf/final): a
+    searched architecture at its retrained FLOPs and metrics (the mean over its seeds)."""
+    if not isinstance(final, dict):
+        raise _Unusable('field "final" is not a mapping')
+    row = {
+        k: search.get(k)
+        for k in ("method", "space", "data", "target_flops", "seed", "run_dir")
+        + ("search_seconds", "search_cpu_seconds")
+    }
+    row.update(
+        kind="arch",
+        model=f"final:{search['method']}",
+        flops=_require_number(final, "flops"),
+        params=_number(final, "params"),
+        arch_file=final.get("arch_file"),
+        label=_method_label(search["method"], search.get("target_flops")),
+    )
+    for split in ("val", "test"):
+        metrics = final.get(split)
+        if isinstance(metrics, dict):
+            for name in ("ne", "logloss", "auc"):
+                row[f"{split}_{name}"] = _number(metrics, name)
+    return row
+
+
+def _retrains_of_finals(loaded: dict[Path, Any]) -> set[Path]:
+    """The finalists' and winners' own runs under a search's ``final/`` directory: its
+    ``final`` block stands for them (baselines trained there stay rows of their own)."""
+    finals = [
+        p.parent / "final"
+        for p, res in loaded.items()
+        if isinstance(res, dict) and res.get("kind") == "search" and "final" in res
+    ]
+    return {
+        p for p in loaded for f in finals if f in p.parents and (f / "baselines") not in p.parents
+    }
+
+
 def _disambiguate(table: pd.DataFrame) -> pd.Series:
     """Labels made unique: repeated ones get their space, their data, their seed, or a run
     number."""
@@ -322,10 +361,24 @@ def build_report(
     if not paths:
         raise ReportError(f"no results.json under {where}")
     rows, skipped, seen, sources = [], [], {}, {}
+    loaded: dict[Path, Any] = {}
     for path in paths:
         try:
-            res = load_results(path)
+            loaded[path] = load_results(path)
+        except ReportError as e:
+            loaded[path] = e
+    nested = _retrains_of_finals(loaded)
+    for path in paths:
+        if path in nested:
+            continue
+        try:
+            res = loaded[path]
+            if isinstance(res, ReportError):
+                raise res
             row = run_row(path, res, sources)
+            extra = (
+                [final_row(row, res["final"])] if row["kind"] == "search" and "final" in res else []
+            )
         except (ReportError, _Unusable) as e:
             reason = str(e).removeprefix(f"{path}: ")
             if strict:
@@ -340,7 +393,7 @@ def build_report(
             skipped.append((path, f"the same results as {seen[key]}"))
             continue
         seen[key] = path
-        rows.append(row)
+        rows += [row, *extra]
     if not rows:
         raise ReportError(f"no usable results.json under {where} ({len(skipped)} skipped)")
     table = pd.DataFrame(rows).reindex(columns=COLUMNS)

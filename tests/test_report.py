@@ -146,6 +146,28 @@ def test_same_method_and_target_in_two_spaces_are_labelled_by_space(tmp_path):
     }  # fmt: skip
 
 
+def test_a_search_with_a_final_block_is_one_retrained_point(tmp_path):
+    """A search that retrained its finalists (conf/final) shows as its final model (the mean
+    over the winner's seeds), beside the baselines it trained; the finalists' and winner's
+    own runs under final/ are not rows of their own."""
+    run = search_run(tmp_path / "s", "dnas", 900, 1000.0)
+    res = json.loads((run / "results.json").read_text())
+    res["final"] = {
+        "flops": 950, "params": 40, "arch_file": str(run / "final" / "finalists" / "arch1.json"),
+        "val": {"ne": 0.61, "logloss": 0.3, "auc": 0.81},
+        "test": {"ne": 0.6, "logloss": 0.3, "auc": 0.8},
+    }  # fmt: skip
+    write(run, res)
+    train_run(run / "final" / "rung0" / "arch0", "arch:arch0", 800, 0.9)
+    train_run(run / "final" / "winner_s0", "arch:arch1", 950, 0.6)
+    train_run(run / "final" / "baselines" / "dnn_s0", "dnn", 1000, 0.7)
+    t = by_label(build_report([tmp_path], baseline="dnn"))
+    assert set(t.index) == {"dnas@1k (search)", "dnas@1k", "dnn"}
+    f = t.loc["dnas@1k"]
+    assert (f["kind"], f["method"], f["flops"], f["test_ne"]) == ("arch", "dnas", 950, 0.6)
+    assert f["ne_gain_pct"] == pytest.approx(100 * 0.1 / 0.7) and f["on_front"]
+
+
 def test_ne_gain_over_a_baseline(runs):
     t = by_label(build_report([runs], baseline="dnn"))
     # gain = (0.70 - NE) / 0.70 * 100
