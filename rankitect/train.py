@@ -106,9 +106,11 @@ def refuse_relaunch_in_multirun(trainer: L.Trainer) -> None:
 
 class FitProgress(Callback):
     """Copies the fit's step and epoch counts into ``trainer.callback_metrics``, the only trainer
-    state that ``ddp_spawn`` sends back to the main process (whose own counters stay at 0)."""
+    state that ``ddp_spawn`` sends back to the main process (whose own counters stay at 0).
+    At the fit's end, not the training's: a fit resumed from a finished run's checkpoint skips
+    training (and ``on_train_end``) but still ends, with the restored counts."""
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.callback_metrics["fit/steps"] = torch.tensor(trainer.global_step)
         trainer.callback_metrics["fit/epochs"] = torch.tensor(trainer.current_epoch)
 
@@ -232,7 +234,11 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         results["bayes_ne"] = {s: float(datamodule.bayes_ne(s)) for s in ("val", "test")}
     if trainer.is_global_zero:
         path = write_json(output_dir / "results.json", results)
-        log.info("wrote %s: val NE %.4f, test AUC %.4f", path, results["val"]["ne"],
-                 results["test"]["auc"])
+        log.info(
+            "wrote %s: val NE %.4f, test AUC %.4f",
+            path,
+            results["val"]["ne"],
+            results["test"]["auc"],
+        )
     finish_logger(logger, output_dir)
     return results

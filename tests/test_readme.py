@@ -7,7 +7,8 @@ How each runs (in this process, so no command pays the interpreter's and torch's
   overrides (``-m`` expanded into its jobs), plus a tiny budget (512/128/128 synthetic rows,
   batch 128, one epoch; one-shot RL: a policy update per 2 samples, DNAS: a curve point per 2
   steps, so that curves.png has points; criteo_stream: 100 hash buckets, no loader workers;
-  sampling: one round of 2 trials and one halving rung), then run by the function behind the
+  sampling: one round of 2 trials and one halving rung, a weight-sharing proxy pre-trained on
+  256 examples), then run by the function behind the
   console script.
   ``method=automl`` is only composed: even its smallest meaningful budget (pilots, rounds,
   finalists trained fully) is beyond the suite's time. A search's retrains after it are
@@ -53,6 +54,7 @@ TINY_METHOD = {  # enough steps per policy update and curve point for curves.png
                  "method.halving.budgets=[256]", "method.halving.top_k=2",
                  "method.halving.finalists=1", "method.evaluator.batch_size=128"],
 }  # fmt: skip
+TINY_EVALUATOR = {"WeightSharingProxy": ["method.evaluator.pretrain_examples=256"]}
 TINY_DATA = {"StreamingCTRDataModule": ["data.source.hash_buckets=100", "data.num_workers=0"]}
 COMPOSE_ONLY = {"AutoMLSearch"}  # methods
 SEARCH_OUTPUTS = ("best_arch.json", "results.json", "curves.png")
@@ -79,25 +81,40 @@ def readme_commands() -> list[str]:
 # ---- data stand-ins ---------------------------------------------------------------------------
 
 
-def write_csv(folder: Path, header: list[str], rows: int, rng: np.random.Generator) -> None:
+def write_csv(
+    folder: Path,
+    header: list[str],
+    rows: int,
+    rng: np.random.Generator,
+    files=("train.csv", "valid.csv", "test.csv"),
+    sep: str = ",",
+) -> None:
+    """Categorical CSV files: ``header[0]`` the 0/1 label, every other column an id."""
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("train.csv", "valid.csv", "test.csv"):
-        lines = [",".join(header)]
+    for name in files:
+        lines = [sep.join(header)]
         for _ in range(rows):
             values = [f"v{rng.integers(0, 6)}" for _ in header[1:]]
-            lines.append(",".join([str(int(rng.random() < 0.3)), *values]))
+            lines.append(sep.join([str(int(rng.random() < 0.3)), *values]))
         (folder / name).write_text("\n".join(lines) + "\n")
 
 
-def write_criteo_days(folder: Path, rows: int, rng: np.random.Generator) -> None:
+CRITEO_DAYS = [f"day_{day}" for day in range(24)]
+
+
+def write_criteo_days(
+    folder: Path, rows: int, rng: np.random.Generator, names=CRITEO_DAYS, sep: str = "\t"
+) -> None:
+    """Criteo rows (label, 13 integers, 26 hashed categoricals); a comma file has a header."""
     folder.mkdir(parents=True, exist_ok=True)
-    for day in range(24):
-        lines = []
+    header = ["label", *(f"I{i}" for i in range(1, 14)), *(f"C{i}" for i in range(1, 27))]
+    for name in names:
+        lines = [] if sep == "\t" else [sep.join(header)]
         for _ in range(rows):
             dense = [str(rng.integers(0, 50)) for _ in range(13)]
             sparse = [f"{rng.integers(0, 16):08x}" for _ in range(26)]
-            lines.append("\t".join([str(int(rng.random() < 0.3)), *dense, *sparse]))
-        (folder / f"day_{day}").write_text("\n".join(lines) + "\n")
+            lines.append(sep.join([str(int(rng.random() < 0.3)), *dense, *sparse]))
+        (folder / name).write_text("\n".join(lines) + "\n")
 
 
 # ---- running one command ----------------------------------------------------------------------
@@ -121,6 +138,8 @@ def composed(config: str, overrides: list[str]):
         extra += TINY_DATA.get(cfg.data._target_.rsplit(".", 1)[-1], [])
         if config == "search":
             extra += TINY_METHOD.get(cfg.method._target_.rsplit(".", 1)[-1], [])
+            if "evaluator" in cfg.method:
+                extra += TINY_EVALUATOR.get(cfg.method.evaluator._target_.rsplit(".", 1)[-1], [])
             extra.append("final=none")  # the retrains after a search: tests/test_finalize.py
         return compose(config, overrides=[*overrides, *extra])
 
@@ -138,20 +157,26 @@ class Runner:
 
         config = program.removeprefix("rankitect-")
         multirun = "-m" in args
-        overrides = [a for a in args if a != "-m"]
-        sweep = Path("multirun" if multirun else "outputs") / config / str(next(self.counter))
+        dir_key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        dirs = dict(a.split("=", 1) for a in args if a.startswith(("hydra.run.", "hydra.sweep.")))
+        overrides = [a for a in args if a != "-m" and a.split("=", 1)[0] not in dirs]
+        default = Path("multirun" if multirun else "outputs") / config / str(next(self.counter))
+        sweep = Path(dirs.get(dir_key, default))
         for i, job in enumerate(jobs(overrides, multirun)):
             cfg = composed(config, job)
-            if config == "search" and cfg.method._target_.rsplit(".", 1)[-1] in COMPOSE_ONLY:
+            if self.compose_only(config, cfg):
                 continue
             out = sweep / str(i) if multirun else sweep
-            out.mkdir(parents=True)
+            out.mkdir(parents=True, exist_ok=True)  # a run dir may be given to resume in
             (search if config == "search" else train)(cfg, out)
             assert (out / "results.json").is_file()
             if config == "search":
                 missing = [f for f in SEARCH_OUTPUTS if not (out / f).is_file()]
                 assert not missing, f"{out}: {missing} missing"
                 self.searches.append(out)
+
+    def compose_only(self, config: str, cfg) -> bool:
+        return config == "search" and cfg.method._target_.rsplit(".", 1)[-1] in COMPOSE_ONLY
 
     def run(self, command: str) -> None:
         words = shlex.split(command)
@@ -168,7 +193,8 @@ class Runner:
             from rankitect.cli.report import main
 
             main(args)
-            assert (Path(args[0]) / "pareto.png").is_file()
+            out = Path(args[args.index("-o") + 1] if "-o" in args else args[0])
+            assert (out / "pareto.png").is_file()
         elif program == "rankitect-arch":
             from rankitect.cli.arch import main
 
@@ -177,7 +203,8 @@ class Runner:
         elif words[:3] == ["python", "-m", "rankitect.space.stats"]:
             from rankitect.space.stats import main
 
-            main([*words[3 : words.index("--n")], "--n", "200"])
+            n = words.index("--n") + 1
+            main([*words[3:n], "200", *words[n + 1 :]])
             assert list(Path("figs").glob("*_stats.png"))
         elif words == ["bash", "scripts/setup.sh"]:
             subprocess.run(["bash", "-n", str(ROOT / "scripts" / "setup.sh")], check=True)

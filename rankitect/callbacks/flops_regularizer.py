@@ -39,7 +39,7 @@ class FlopsRegularizer(Callback):
             ``expected`` penalises ``|E_theta[FLOPs] - c|`` instead, computed from the
             decision probabilities: deterministic, but it lets a wide spread of architectures
             around the target go unpenalised.
-        kind: ``l1`` (``|F - c| / c``) or ``relu`` (``max(F - c, 0) / c``).
+        kind: ``l1`` (``|F - c| / c``), ``relu`` (``max(F - c, 0) / c``) or ``linear`` (``F / c``).
         max_realisations: with per-example sampling, use at most this many of the step's
             realisations (the first ones of the batch) for the estimate.
     """

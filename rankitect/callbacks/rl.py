@@ -62,7 +62,7 @@ class RLSearchCallback(Callback):
         space: the search space of the `SupernetModule` being trained.
         target_flops: ``c`` of the FLOPs cost; ``None`` takes the seed architecture's FLOPs.
         alpha: weight of the FLOPs cost in the reward (0 searches for NE only).
-        cost: ``l1`` (``|F - c| / c``) or ``relu`` (``max(F - c, 0) / c``).
+        cost: ``l1`` (``|F - c| / c``), ``relu`` (``max(F - c, 0) / c``) or ``linear`` (``F / c``).
         reward: ``relative`` (``NE%`` against the baseline model, Eq. 4) or ``absolute``
             (the plain batch NE).
         policy_init: ``prior`` (the space's sampling distribution) or ``uniform``.

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -113,6 +115,33 @@ def check_loader_options(
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
 
 
+def shard_of(split: CTRSplit, index: int, count: int) -> CTRSplit:
+    """Rows ``[index * N / count, (index + 1) * N / count)`` of ``split``: contiguous ranges, so
+    shards of time-ordered data (Criteo's days, a log read in order) are periods of time."""
+    n = len(split)
+    lo, hi = index * n // count, (index + 1) * n // count
+    return CTRSplit(
+        split.dense[lo:hi],
+        split.sparse[lo:hi],
+        split.label[lo:hi],
+        None if split.prob is None else split.prob[lo:hi],
+    )
+
+
+def check_shard(shard: Mapping[str, Any] | None) -> tuple[int, int] | None:
+    """``data.shard`` ({index, count}) as ``(index, count)``, or None for all the data."""
+    if shard is None:
+        return None
+    if not isinstance(shard, Mapping) or set(shard) != {"index", "count"}:
+        raise ValueError(f"data.shard must be {{index: i, count: S}} or null, got {shard!r}")
+    index, count = shard["index"], shard["count"]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (index, count)):
+        raise ValueError(f"data.shard.index and data.shard.count must be ints, got {shard!r}")
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"data.shard needs 0 <= index < count, got index {index}, count {count}")
+    return index, count
+
+
 class CTRDataModule(L.LightningDataModule):
     """Train / val / test batches ``(dense float32 (B, n_dense), sparse int64 (B, n_sparse),
     label float32 (B,))`` from a source built by Hydra (`CategoricalCSVReader`,
@@ -133,6 +162,9 @@ class CTRDataModule(L.LightningDataModule):
         on_bad_row: ``"error"`` (default) raises `DataFormatError` at the first malformed row;
             ``"skip"`` drops such rows, logs a warning with the count and stores the counts in
             `bad_rows`.
+        shard: ``{index: i, count: S}``: train on the ``i``-th of ``S`` contiguous row ranges of
+            the training split only (`shard_of`; val and test stay whole), as each process of
+            a sharded search (DistDNAS, docs/search.md) does. None: all the data.
     """
 
     def __init__(
@@ -148,6 +180,7 @@ class CTRDataModule(L.LightningDataModule):
         cache: bool = True,
         cache_dir: str | Path | None = None,
         on_bad_row: OnBadRow = "error",
+        shard: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(source, CTRSource):
@@ -162,6 +195,7 @@ class CTRDataModule(L.LightningDataModule):
         self.on_bad_row: OnBadRow = on_bad_row
         self.cache = PreprocessCache(cache_dir) if cache else None
         self.bad_rows: dict[str, int] = {}
+        self.shard = check_shard(shard)
         self._data: CTRData | None = None
         self._built: set[str] = set()  # cache entries this instance parsed itself
 
@@ -193,6 +227,10 @@ class CTRDataModule(L.LightningDataModule):
                 log.warning("cached data set %s was built skipping %d bad row(s)", key, skipped)
         else:
             data = self._build(key)
+        if self.shard is not None:
+            train = shard_of(data.splits["train"], *self.shard)
+            data = dataclasses.replace(data, splits={**data.splits, "train": train})
+            log.info("data.shard %d of %d: %d training rows", *self.shard, len(train))
         self._data = data
         self.bad_rows = dict(data.bad_rows)
 

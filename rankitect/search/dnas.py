@@ -32,7 +32,8 @@ class DNAS(SearchMethod):
         target_flops: ``c`` of Eq. 9 (per-example FLOPs); ``None`` takes the seed
             architecture's FLOPs.
         alpha: weight of the FLOPs regulariser (``lambda``); 0 searches on CE alone.
-        cost: ``l1`` (``|F - c| / c``, Eq. 9) or ``relu`` (``max(F - c, 0) / c``).
+        cost: ``l1`` (``|F - c| / c``, Eq. 9), ``relu`` (``max(F - c, 0) / c``) or ``linear``
+            (``F / c``, the cost-aware loss of DistDNAS).
         flops_estimator: ``sampled`` (Eq. 9, Monte-Carlo over the step's realisations) or
             ``expected`` (``|E[FLOPs] - c|``); see `FlopsRegularizer`.
         flops_max_realisations: realisations per step used by the ``sampled`` estimator.

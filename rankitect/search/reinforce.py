@@ -15,16 +15,20 @@ import torch
 
 from rankitect.search.policy import CategoricalPolicy
 
-COST_KINDS = ("l1", "relu")
+COST_KINDS = ("l1", "relu", "linear")
 
 
 def flops_cost(flops: torch.Tensor, target: float, kind: str = "l1") -> torch.Tensor:
-    """Eq. 7's ``Cost(a)``, normalised by the target ``c``: ``|F - c| / c`` (L1) or
-    ``max(F - c, 0) / c`` (ReLU)."""
+    """Eq. 7's ``Cost(a)``, normalised by the target ``c``: ``|F - c| / c`` (L1),
+    ``max(F - c, 0) / c`` (ReLU), or ``F / c`` (linear: DistDNAS' cost-aware loss, which
+    charges every FLOP, so a module that does not pay for itself in the loss is dropped even
+    under the target; ``c`` is then a reference scale, not a goal)."""
     if target <= 0:
         raise ValueError(f"target FLOPs must be > 0, got {target}")
     if kind not in COST_KINDS:
         raise ValueError(f"cost kind must be one of {COST_KINDS}, got {kind!r}")
+    if kind == "linear":
+        return flops.double() / target
     rel = (flops.double() - target) / target
     return rel.abs() if kind == "l1" else rel.clamp_min(0.0)
 
