@@ -54,7 +54,10 @@ TINY_METHOD = {  # enough steps per policy update and curve point for curves.png
                  "method.halving.budgets=[256]", "method.halving.top_k=2",
                  "method.halving.finalists=1", "method.evaluator.batch_size=128"],
 }  # fmt: skip
-TINY_EVALUATOR = {"WeightSharingProxy": ["method.evaluator.pretrain_examples=256"]}
+TINY_EVALUATOR = {
+    name: ["method.evaluator.pretrain_examples=256"]
+    for name in ("WeightSharingProxy", "SiGeoProxy")
+}
 TINY_DATA = {"StreamingCTRDataModule": ["data.source.hash_buckets=100", "data.num_workers=0"]}
 COMPOSE_ONLY = {"AutoMLSearch"}  # methods
 SEARCH_OUTPUTS = ("best_arch.json", "results.json", "curves.png")

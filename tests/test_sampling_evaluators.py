@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from rankitect.search.sampling import EarlyStopProxy, WeightSharingProxy
-from rankitect.search.sampling.evaluators import batch_indices
+from rankitect.search.sampling import EarlyStopProxy, SiGeoProxy, WeightSharingProxy
+from rankitect.search.sampling.evaluators import batch_indices, sigeo_terms
 from rankitect.space import load_space
 
 DATA = {
@@ -102,6 +103,81 @@ def test_weight_sharing_proxy_needs_its_checkpoint(setup, tmp_path):
     )
     with pytest.raises(FileNotFoundError, match="method.evaluator.supernet_path"):
         proxy.evaluate(space.sample(torch.Generator().manual_seed(0)), 10)
+
+
+class _TwoLayer(torch.nn.Module):
+    def __init__(self, n_dense):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(n_dense, 3), torch.nn.Linear(3, 1)
+
+    def forward(self, dense, sparse):
+        return self.b(torch.tanh(self.a(dense))).squeeze(-1)
+
+
+def test_sigeo_terms_match_a_direct_computation(setup):
+    dm, _ = setup
+    split = dm.split("train")
+    torch.manual_seed(0)
+    model = _TwoLayer(split.dense.shape[1])
+    batches = [torch.arange(i * 64, (i + 1) * 64) for i in range(4)]
+    terms = sigeo_terms(model, split, batches)
+    # per-batch gradients by autograd.grad, statistics in numpy (population std)
+    grads, losses = [], []
+    for idx in batches:
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            model(split.dense[idx], split.sparse[idx]), split.label[idx]
+        )
+        grads.append([g.numpy() for g in torch.autograd.grad(loss, list(model.parameters()))])
+        losses.append(loss.item())
+    names = [n for n, _ in model.named_parameters()]
+    modules: dict[str, float] = {}
+    inner = 0.0
+    for j, (name, p) in enumerate(model.named_parameters()):
+        g = np.stack([gb[j] for gb in grads])
+        std = g.std(0)
+        ok = std > 0
+        modules[name.split(".")[0]] = modules.get(name.split(".")[0], 0.0) + float(
+            (np.abs(g).mean(0)[ok] / std[ok]).sum()
+        )
+        inner += float((g.sum(0) * p.detach().numpy()).sum())
+    assert len(names) == 4 and set(modules) == {"a", "b"}
+    assert terms["zico"] == pytest.approx(sum(math.log(v) for v in modules.values()), rel=1e-4)
+    assert terms["fisher_rao"] == pytest.approx(math.log(abs(inner)), rel=1e-4)
+    assert terms["loss"] == pytest.approx(np.mean(losses), rel=1e-6)
+    with pytest.raises(ValueError, match=">= 2 mini-batches"):
+        sigeo_terms(model, split, batches[:1])
+
+
+def test_sigeo_scores_subnets_with_inherited_weights_and_no_training(setup, tmp_path):
+    dm, space = setup
+    proxy = SiGeoProxy(
+        space,
+        dm,
+        supernet_path=str(tmp_path / "supernet.pt"),
+        pretrain_examples=1000,
+        batch_size=128,
+        lr=0.01,
+        seed=0,
+    )
+    proxy.prepare()
+    before = {k: v.clone() for k, v in proxy.supernet.state_dict().items()}
+    gen = torch.Generator().manual_seed(1)
+    archs = [space.sample(gen) for _ in range(3)]
+    scores = [proxy.evaluate(a, 4 * 128) for a in archs]
+    for m in scores:
+        assert m["ne"] == -m["sigeo"] and m["examples"] == 4 * 128
+        assert m["sigeo"] == pytest.approx(m["zico"] + m["fisher_rao"] - m["loss"])
+        assert all(math.isfinite(m[k]) for k in ("zico", "fisher_rao", "loss"))
+    assert len({m["sigeo"] for m in scores}) == 3  # the architectures are told apart
+    assert proxy.evaluate(archs[0], 4 * 128)["sigeo"] == scores[0]["sigeo"]
+    after = proxy.supernet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # the coefficients weigh the terms
+    loss_only = SiGeoProxy(
+        space, dm, supernet_path=str(tmp_path / "supernet.pt"), pretrain_examples=1000,
+        batch_size=128, seed=0, zico_weight=0.0, fisher_rao_weight=0.0,
+    )  # fmt: skip
+    assert loss_only.evaluate(archs[0], 512)["sigeo"] == pytest.approx(-scores[0]["loss"])
 
 
 def test_sampling_search_end_to_end(tmp_path):

@@ -1,6 +1,11 @@
 """Sampling-based search: proxies, predictor, RL sampler, successive halving, trial store."""
 
-from rankitect.search.sampling.evaluators import EarlyStopProxy, Evaluator, WeightSharingProxy
+from rankitect.search.sampling.evaluators import (
+    EarlyStopProxy,
+    Evaluator,
+    SiGeoProxy,
+    WeightSharingProxy,
+)
 from rankitect.search.sampling.halving import successive_halving
 from rankitect.search.sampling.method import SamplingSearch, pareto_front
 from rankitect.search.sampling.predictor import NeuralPredictor
@@ -9,6 +14,7 @@ from rankitect.search.sampling.store import TrialStore, arch_key
 
 __all__ = [
     "EarlyStopProxy",
+    "SiGeoProxy",
     "Evaluator",
     "NeuralPredictor",
     "RLSampler",

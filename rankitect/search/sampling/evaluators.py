@@ -1,4 +1,5 @@
-"""Low-cost NE proxies (paper §3.2.1): the early-stop proxy and the weight-sharing proxy.
+"""Low-cost NE proxies (paper §3.2.1): the early-stop proxy and the weight-sharing proxy, and
+SiGeo's sub-one-shot score (`SiGeoProxy`).
 
 Both score an architecture by the window NE over the last ``window_fraction`` (25%) of the
 examples it was trained on: each batch's predictions are taken before that batch's optimiser
@@ -11,6 +12,7 @@ exceeds the split), so differences between scores come from the architectures al
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import time
@@ -253,3 +255,97 @@ class WeightSharingProxy(_TrainingProxy):
         model = materialize(self.space, arch, self.supernet)
         ne = self._train(model, budget, start=self.pretrain_examples)
         return self._metrics(arch, ne, started)
+
+
+def sigeo_terms(model: nn.Module, split: CTRSplit, batches: list[torch.Tensor]) -> dict[str, float]:
+    """SiGeo's three terms at ``model``'s current weights theta, from one gradient per batch:
+
+    - ``zico``: sum over modules of log(sum over their parameters of mean_b|g_b| / std_b(g_b)),
+      parameters whose gradient does not vary across the batches left out;
+    - ``fisher_rao``: log |sum_b g_b . theta|;
+    - ``loss``: the mean training loss of the batches.
+    """
+    if len(batches) < 2:
+        raise ValueError("SiGeo needs >= 2 mini-batches (a gradient spread across them)")
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    total_sq = {n: torch.zeros_like(p) for n, p in params.items()}
+    total_abs = {n: torch.zeros_like(p) for n, p in params.items()}
+    inner, losses = 0.0, []
+    loss_fn = nn.BCEWithLogitsLoss()
+    model.train()
+    for idx in batches:
+        model.zero_grad(set_to_none=True)
+        loss = loss_fn(model(split.dense[idx], split.sparse[idx]), split.label[idx])
+        loss.backward()
+        losses.append(float(loss.detach()))
+        for n, p in params.items():
+            g = p.grad if p.grad is not None else torch.zeros_like(p)
+            total[n] += g
+            total_sq[n] += g * g
+            total_abs[n] += g.abs()
+            inner += float((g * p.detach()).sum())
+    model.zero_grad(set_to_none=True)
+    b = len(batches)
+    per_module: dict[str, float] = {}
+    for n in params:
+        mean = total[n] / b
+        std = (total_sq[n] / b - mean * mean).clamp_min(0).sqrt()
+        ok = std > 0
+        if ok.any():
+            ratio = float((total_abs[n][ok] / b / std[ok]).sum())
+            module = n.rsplit(".", 1)[0] if "." in n else n
+            per_module[module] = per_module.get(module, 0.0) + ratio
+    zico = sum(math.log(v) for v in per_module.values() if v > 0)
+    fisher_rao = math.log(max(abs(inner), 1e-30))  # finite even for an all-zero gradient
+    return {"zico": zico, "fisher_rao": fisher_rao, "loss": sum(losses) / b}
+
+
+class SiGeoProxy(WeightSharingProxy):
+    """SiGeo (../shared/papers/related_abstracts.txt), a sub-one-shot proxy: the supernet is
+    warmed up once on ``pretrain_examples`` (a small fraction of the training data, as the
+    weight-sharing proxy does, `prepare`), then each subnet is scored with its inherited
+    weights and no training of its own, from ``ceil(budget / batch_size)`` mini-batches
+    (about 4; at least 2) of the examples after the warm-up ones:
+
+        score = zico_weight * zico + fisher_rao_weight * fisher_rao - loss_weight * loss
+
+    (`sigeo_terms`), higher is better. The search minimises ``ne``, so ``ne`` is the negated
+    score here (not an NE); the metrics also hold ``sigeo`` and each term.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        datamodule: CTRDataModule,
+        *,
+        zico_weight: float = 1.0,
+        fisher_rao_weight: float = 1.0,
+        loss_weight: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(space, datamodule, **kwargs)
+        self.weights = (float(zico_weight), float(fisher_rao_weight), float(loss_weight))
+
+    def evaluate(self, arch: Arch, budget: int) -> dict[str, Any]:
+        started = time.perf_counter()
+        if budget < 1:
+            raise ValueError(f"a proxy budget must be >= 1 example, got {budget}")
+        torch.manual_seed(self.seed)  # the same dropout draws for every architecture
+        model = materialize(self.space, arch, self.supernet)
+        n = max(2, math.ceil(budget / self.batch_size))
+        batches = list(
+            batch_indices(
+                len(self.split), n * self.batch_size, self.batch_size, self.seed,
+                start=self.pretrain_examples,
+            )
+        )  # fmt: skip
+        terms = sigeo_terms(model, self.split, batches)
+        wz, wf, wl = self.weights
+        score = wz * terms["zico"] + wf * terms["fisher_rao"] - wl * terms["loss"]
+        return {
+            **self._metrics(arch, -score, started),
+            "sigeo": score,
+            **terms,
+            "examples": sum(len(i) for i in batches),
+        }
