@@ -61,6 +61,19 @@ def test_mean_of_probabilities_and_of_logits_can_disagree():
         aggregate(_Space(), [{"other": [1.0]}], "probs")
 
 
+@pytest.mark.parametrize("how", ["probs", "logits"])
+def test_the_aggregate_of_identical_shards_is_each_shards_distribution(how):
+    shard = {"block": [0.5, 0.3, 0.2]}
+    (agg,) = aggregate(_Space(), [shard, shard, shard], how)
+    torch.testing.assert_close(agg, torch.tensor(shard["block"], dtype=torch.float64))
+
+
+def test_more_shards_than_rows_is_refused_naming_the_key():
+    dm = CTRDataModule(SyntheticCTR(n_train=3, n_val=10, n_test=10), shard={"index": 0, "count": 4})
+    with pytest.raises(ValueError, match=r"data.shard.count=4 is above the 3 rows"):
+        dm.setup()
+
+
 def test_the_cost_aware_loss_charges_every_flop():
     flops = torch.tensor([50.0, 100.0, 200.0])
     assert flops_cost(flops, 100.0, "linear").tolist() == [0.5, 1.0, 2.0]

@@ -228,7 +228,13 @@ class CTRDataModule(L.LightningDataModule):
         else:
             data = self._build(key)
         if self.shard is not None:
-            train = shard_of(data.splits["train"], *self.shard)
+            index, count = self.shard
+            if count > len(data.splits["train"]):
+                raise ValueError(
+                    f"data.shard.count={count} is above the {len(data.splits['train'])} rows "
+                    "of the training split: every shard needs rows"
+                )
+            train = shard_of(data.splits["train"], index, count)
             data = dataclasses.replace(data, splits={**data.splits, "train": train})
             log.info("data.shard %d of %d: %d training rows", *self.shard, len(train))
         self._data = data
