@@ -2,6 +2,8 @@
 
     python benchmarks/seed_vs_baseline.py --space rankitect_frappe --seeds 0 1 2 \
         --out /tmp/bench13 experiment=frappe_bars
+    python benchmarks/seed_vs_baseline.py --space rankitect_dlrm --dense --seeds 0 1 2 \
+        --out /tmp/bench13dlrm_synth        # the built-in synthetic data (dense features)
 
 Per seed it runs `rankitect-train model=<grown_from>` and `rankitect-train model=arch` on the
 space's seed architecture under the same overrides (the BARS protocol with
@@ -46,8 +48,9 @@ def train(run_dir: Path, overrides: list[str]) -> dict:
 
 def seed_arch_file(space_name: str, dense: bool, out: Path) -> tuple[Path, str]:
     """Write the space's seed architecture. It depends on the data only through whether it has
-    dense and sparse features, so a stand-in spec with the same presence gives it."""
-    space = load_space(space_name, FeatureSpec(int(dense), (2,)))
+    dense and sparse features, so a stand-in spec with the same presence gives it (two sparse
+    fields: a dot block needs two rows)."""
+    space = load_space(space_name, FeatureSpec(int(dense), (2, 2)))
     if not space.grown_from:
         raise SystemExit(f"space {space_name!r} names no baseline (grown_from)")
     path = out / f"seed-{space_name}.json"

@@ -18,6 +18,8 @@ SPACES = {
     "generic": load_space("generic", SPEC),
     "rankitect": load_space("rankitect", SPEC),
     "rankitect-no-dense": load_space("rankitect", FRAPPE_LIKE),
+    "rankitect_dlrm": load_space("rankitect_dlrm", SPEC),
+    "rankitect_dlrm-no-dense": load_space("rankitect_dlrm", FRAPPE_LIKE),
 }
 BATCH = 3
 

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from rankitect.data import FeatureSpec
-from rankitect.models import DNN
+from rankitect.models import DLRM, DNN
 from rankitect.space import SearchSpace, Supernet, build_supernet, load_space, materialize
 from rankitect.space.blocks import BlockNorm, LayerSettings, Span
 from rankitect.space.spaces import conf_dir, shipped_spaces
@@ -63,7 +63,56 @@ def dnn_state_as_seed(space, dnn: DNN) -> dict[str, torch.Tensor]:
     return state
 
 
-SEED_MAPS = {"dnn": dnn_state_as_seed}
+def _linear_and_norm(prefix: str, linear: nn.Linear, bn: nn.BatchNorm1d, weights: dict):
+    state = {f"{prefix}.weight.{k}": w for k, w in weights.items()}
+    state[f"{prefix}.bias"] = linear.bias
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        state[f"{prefix}.norm.{name}"] = getattr(bn, name)
+    return state
+
+
+def dlrm_state_as_seed(space, dlrm: DLRM) -> dict[str, torch.Tensor]:
+    """The seed subnet's state dict holding DLRM's weights. DLRM stacks its vectors as
+    [bottom output, embeddings]; the dot block reads its inputs in index order, [embeddings,
+    bottom output], so the top MLP's columns of the dots are permuted to match."""
+    seed = space.seed_arch()
+    blocks = {ch.block: c for c, ch in enumerate(seed.choices) if c in seed.reachable()}
+    dot = blocks["dot"]
+    tops = [c for c in seed.reachable() if c > dot]
+    state = {"embedding.table.weight": dlrm.embedding.table.weight}
+    n_sparse, d = space.spec.n_sparse, space.embedding_dim
+    dense = dlrm.dense_arch is not None
+    if dense:  # the bottom MLP: one linear to D, as conf/model/dlrm.yaml
+        bottom = seed.choices[dot].inputs[-1] - 2
+        linear, bn = dlrm.dense_arch.layers[0], dlrm.dense_arch.layers[1]
+        state.update(
+            _linear_and_norm(f"choices.{bottom}.blocks.linear", linear, bn, {0: linear.weight})
+        )
+    # the space's row r is DLRM's vector dlrm_row[r]
+    dlrm_row = [r + int(dense) for r in range(n_sparse)] + ([0] if dense else [])
+    n = len(dlrm_row)
+    position = {
+        (int(a), int(b)): p for p, (a, b) in enumerate(torch.triu_indices(n, n, 1).T.tolist())
+    }
+    order = [
+        position[tuple(sorted((dlrm_row[a], dlrm_row[b])))]
+        for a, b in torch.triu_indices(n, n, 1).T.tolist()
+    ]
+    linears = [m for m in dlrm.over_arch.layers if isinstance(m, nn.Linear)]
+    norms = [m for m in dlrm.over_arch.layers if isinstance(m, nn.BatchNorm1d)]
+    for c, linear, bn in zip(tops, linears[:-1], norms, strict=True):
+        (*rest, last) = seed.choices[c].inputs
+        if c == tops[0]:  # DLRM's over arch reads [bottom output, dots]
+            dots = linear.weight[:, d * int(dense) :][:, order]
+            weights = {last: dots, **({rest[0]: linear.weight[:, :d]} if dense else {})}
+        else:
+            weights = {last: linear.weight}
+        state.update(_linear_and_norm(f"choices.{c}.blocks.linear", linear, bn, weights))
+    state["classifier.weight"], state["classifier.bias"] = linears[-1].weight, linears[-1].bias
+    return state
+
+
+SEED_MAPS = {"dnn": dnn_state_as_seed, "dlrm": dlrm_state_as_seed}
 
 
 def grown_spaces():
@@ -77,7 +126,7 @@ def grown_spaces():
 
 def test_every_grown_from_space_is_tested():
     names = {name for name, _ in grown_spaces()}
-    assert "rankitect_frappe" in names
+    assert {"rankitect_frappe", "rankitect_dlrm"} <= names
     for name in names:
         assert load_space(name, FRAPPE_LIKE).grown_from in SEED_MAPS, name
 
@@ -123,7 +172,10 @@ def test_seed_trains_under_the_baselines_regularisation(name, spec):
     space = load_space(name, spec)
     base = baseline_model(space)
     seed = materialize(space, space.seed_arch())
-    assert seed.emb_l2 == base.emb_l2 and seed.settings.dropout == base.mlp.layers[3].p
+    # dropout where the baseline has it: after its hidden layers (DLRM: the top MLP's only)
+    dropouts = [seed.dropout(c) for c in space.seed_arch().reachable() if seed.dropout(c)]
+    assert dropouts == [m.p for m in base.modules() if isinstance(m, nn.Dropout)]
+    assert seed.emb_l2 == base.emb_l2
     # the supernet trains under the same settings, and hands them to its subnets
     net = Supernet(space)
     assert net.emb_l2 == base.emb_l2 and net.settings == seed.settings

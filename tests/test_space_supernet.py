@@ -38,6 +38,8 @@ CASES = [
     ("rankitect", SPEC),
     ("rankitect", FRAPPE_LIKE),
     ("generic", DENSE_ONLY),
+    ("rankitect_dlrm", SPEC),
+    ("rankitect_dlrm", FRAPPE_LIKE),
 ]
 
 
@@ -63,7 +65,9 @@ def test_one_hot_soft_weights_equal_hard_masks(name, spec):
             values = space.sample_values(gen)
             arch = space.decode(values)
             soft = net(dense, sparse, soft=space.one_hot(values))
-            torch.testing.assert_close(soft, net(dense, sparse, arch=arch), atol=1e-5, rtol=0)
+            # the dot block's logits reach ~10 here: float32 rounding of the larger soft bmm
+            hard = net(dense, sparse, arch=arch)
+            torch.testing.assert_close(soft, hard, atol=1e-5, rtol=1e-6)
 
 
 def test_per_example_soft_weights_select_per_example_archs():
@@ -150,7 +154,7 @@ def test_forward_argument_errors():
         net(dense, sparse, soft=bad)
 
 
-@pytest.mark.parametrize("name", ["generic", "rankitect"])
+@pytest.mark.parametrize("name", ["generic", "rankitect", "rankitect_dlrm"])
 def test_supernet_trains_under_sampled_archs(name):
     space, net, dense, sparse = make(name)
     net.train()

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rankitect.space.blocks import BLOCKS, CONNECTION_BLOCKS, PAIRWISE_BLOCKS
+from rankitect.space.blocks import BLOCKS, CONNECTION_BLOCKS, DIM_BLOCKS, PAIRWISE_BLOCKS
 
 DENSE = 0
 SPARSE = 1
@@ -43,8 +43,9 @@ class ChoiceArch:
     """What one Choice computes.
 
     ``inputs``: sorted global input indices read by a connection block (linear, embed_fc,
-    dot_product); ``left``/``right``: the pair read by a pairwise block; ``dim``: the searched
-    output dimension of a connection block (linear width, or rows M of EmbedFC / dot product).
+    dot_product, dot); ``left``/``right``: the pair read by a pairwise block; ``dim``: the
+    searched output dimension of a connection block (linear width, or rows M of EmbedFC / dot
+    product; the parameter-free dot has none).
     """
 
     block: str
@@ -74,7 +75,12 @@ class ChoiceArch:
                 raise arch_error(index, "inputs", f"duplicate input in {list(self.inputs)}")
             for k in self.inputs:
                 _check_source(index, "inputs", k, limit)
-            if not isinstance(self.dim, int) or isinstance(self.dim, bool) or self.dim < 1:
+            if self.block not in DIM_BLOCKS:
+                if self.dim is not None:
+                    raise arch_error(
+                        index, "dim", f"{self.block} has no searched dim, got {self.dim!r}"
+                    )
+            elif not isinstance(self.dim, int) or isinstance(self.dim, bool) or self.dim < 1:
                 raise arch_error(
                     index, "dim", f"{self.block} needs a positive int dim, got {self.dim!r}"
                 )
@@ -91,6 +97,8 @@ class ChoiceArch:
     def to_dict(self) -> dict[str, Any]:
         if self.block in PAIRWISE_BLOCKS:
             return {"block": self.block, "left": self.left, "right": self.right}
+        if self.block not in DIM_BLOCKS:
+            return {"block": self.block, "inputs": list(self.inputs)}
         return {"block": self.block, "inputs": list(self.inputs), "dim": self.dim}
 
     @classmethod

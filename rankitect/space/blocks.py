@@ -32,17 +32,19 @@ EMBED_FC = "embed_fc"
 DOT_PRODUCT = "dot_product"
 PAIRWISE_GATING = "pairwise_gating"
 PAIRWISE_SUM = "pairwise_sum"
+DOT = "dot"
 
-BLOCKS = (LINEAR, EMBED_FC, DOT_PRODUCT, PAIRWISE_GATING, PAIRWISE_SUM)
-# Blocks reading a subset of the candidate inputs ("K independent binary masks") and owning a
-# searched output dimension.
-CONNECTION_BLOCKS = (LINEAR, EMBED_FC, DOT_PRODUCT)
+BLOCKS = (LINEAR, EMBED_FC, DOT_PRODUCT, PAIRWISE_GATING, PAIRWISE_SUM, DOT)
+# Blocks reading a subset of the candidate inputs ("K independent binary masks").
+CONNECTION_BLOCKS = (LINEAR, EMBED_FC, DOT_PRODUCT, DOT)
+# Connection blocks owning a searched output dimension (DLRM's dot interaction has none).
+DIM_BLOCKS = (LINEAR, EMBED_FC, DOT_PRODUCT)
 # Blocks reading one (left, right) pair of inputs; their width is the right input's width.
 PAIRWISE_BLOCKS = (PAIRWISE_GATING, PAIRWISE_SUM)
 # Blocks reading the 3-D adaptor (all inputs stacked as rows of an ``(B, N, D)`` tensor).
 ROW_BLOCKS = (EMBED_FC, DOT_PRODUCT)
 # Blocks producing a 2-D output; EmbedFC alone produces a 3-D one.
-BLOCKS_2D = (LINEAR, DOT_PRODUCT, PAIRWISE_GATING, PAIRWISE_SUM)
+BLOCKS_2D = (LINEAR, DOT_PRODUCT, PAIRWISE_GATING, PAIRWISE_SUM, DOT)
 
 NORM_EPS = 1e-5
 BN_MOMENTUM = 0.1  # nn.BatchNorm1d's, so a seed built of these blocks equals the BARS DNN
@@ -93,7 +95,7 @@ class LayerSettings:
             ("emb_l2", self.emb_l2, lambda v: v >= 0.0, ">= 0"),
             ("emb_init_std", self.emb_init_std, lambda v: v >= 0.0, ">= 0"),
         ):
-            if not _is_real(value) or not ok(float(value)):  # NaN fails every comparison
+            if not is_real(value) or not ok(float(value)):  # NaN fails every comparison
                 raise ValueError(f"layer.{key} must be a number {rule}, got {value!r}")
 
     @classmethod
@@ -116,7 +118,7 @@ class LayerSettings:
         return ACTIVATIONS[self.activation](z)
 
 
-def _is_real(value: object) -> bool:
+def is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
@@ -197,6 +199,25 @@ def flatten_2d(x: torch.Tensor) -> torch.Tensor:
 
 def pad(t: torch.Tensor, width: int) -> torch.Tensor:
     return F.pad(t, (0, width - t.shape[-1]))
+
+
+def dot_rows(width: int, embedding_dim: int) -> int:
+    """Rows of D that the dot block reads a flat view of ``width`` features as."""
+    return -(-width // embedding_dim)
+
+
+def as_rows(flat: torch.Tensor, embedding_dim: int) -> torch.Tensor:
+    """``(B, S)`` -> ``(B, ceil(S / D), D)``, the last row zero-padded."""
+    rows = dot_rows(flat.shape[-1], embedding_dim)
+    return pad(flat, rows * embedding_dim).view(flat.shape[0], rows, embedding_dim)
+
+
+def pairwise_dots(rows: torch.Tensor) -> torch.Tensor:
+    """DLRM's interaction: ``(B, F, D)`` -> the ``F(F-1)/2`` dot products of distinct rows,
+    the strict upper triangle of the Gram matrix, row-major (``2 F^2 D`` FLOPs, as counted)."""
+    n = rows.shape[1]
+    i, j = torch.triu_indices(n, n, 1, device=rows.device)
+    return torch.bmm(rows, rows.transpose(1, 2))[:, i, j]
 
 
 # ---- normalisation -------------------------------------------------------------------------------
@@ -447,6 +468,43 @@ class RowBlock(nn.Module):
             flat = _settled(self.settings, z.flatten(1), lambda t: self.norm.soft(t, support))
             out = flat.view_as(z)
         return mask.unsqueeze(-1) * out, mask
+
+
+class DotBlock(nn.Module):
+    """DLRM's parameter-free dot interaction: ``(B, F(F-1)/2)`` pairwise dot products of the
+    rows of its chosen inputs, in input order. A 3-D input gives its rows, a 2-D one its
+    features cut into rows of D (the last zero-padded), unprojected; no norm or activation.
+
+    ``rows[k]``: the rows of candidate k at its largest layout. Its inputs' features sit at
+    the front of their largest layouts (`SearchSpace` checks it), so an architecture's rows
+    are the leading rows of each candidate's and the supernet's max layout holds them all.
+    """
+
+    def __init__(self, rows: Mapping[int, int], embedding_dim: int) -> None:
+        super().__init__()
+        self.rows, self.d = dict(rows), embedding_dim
+
+    def sliced(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def hard(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        return pairwise_dots(cat([as_rows(flatten_2d(x), self.d) for x in xs], 1))
+
+    def soft(
+        self, flats: dict[int, tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """From every candidate's (flat view, support), already scaled by its connection
+        weight: the dots of all max-layout rows and their supports (a row's support is its
+        first feature's, which is 1 exactly when an architecture has that row)."""
+        rows, support = [], []
+        for k, n in self.rows.items():
+            x, s = flats[k]
+            rows.append(as_rows(x, self.d))
+            support.append(pad(s, n * self.d)[:, :: self.d])
+        x, s = cat(rows, 1), cat(support, 1)
+        n = x.shape[1]
+        i, j = torch.triu_indices(n, n, 1, device=x.device)
+        return pairwise_dots(x), s[:, i] * s[:, j]
 
 
 class PairwiseBlock(nn.Module):

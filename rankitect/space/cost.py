@@ -17,11 +17,13 @@ import torch
 from rankitect.space.arch import DENSE, SPARSE, Arch, choice_input
 from rankitect.space.blocks import (
     CONNECTION_BLOCKS,
+    DOT,
     DOT_PRODUCT,
     EMBED_FC,
     LINEAR,
     PAIRWISE_BLOCKS,
     ROW_BLOCKS,
+    dot_rows,
 )
 from rankitect.space.layout import arch_shapes
 
@@ -56,6 +58,9 @@ def arch_cost(space: SearchSpace, arch: Arch) -> Cost:
             fan_in = sum(shapes[k].flat(d) for k in ch.inputs)
             flops += 2 * fan_in * ch.dim
             params += fan_in * ch.dim + ch.dim + norm_params(ch.dim)
+        elif ch.block == DOT:  # the whole Gram matrix of its rows, no parameters
+            rows = sum(dot_rows(shapes[k].flat(d), d) for k in ch.inputs)
+            flops += 2 * rows * rows * d
         elif ch.block in ROW_BLOCKS:
             rows = sum(shapes[k].rows for k in ch.inputs)
             for k in ch.inputs:
@@ -85,15 +90,98 @@ def connection_weights(
 ) -> dict[int, torch.Tensor]:
     """Probability that Choice ``c`` (if it picks a connection block) reads each candidate.
 
-    The default input is also read when every connection is off: ``p_d + prod_k (1 - p_k)``.
+    The default input d is also read when every connection is off: ``p_d + prod_k (1 - p_k)``;
+    for the dot block also when one other input alone is on (`ChoiceSpec.inputs_read`).
     Works on ``(..., 2)`` weights; returns ``(...)`` tensors.
     """
     sp, idx = space.choices[c], space.choice_decisions[c]
-    on = [weights[j][..., 1] for j in idx.conns]
-    all_off = torch.stack([1 - p for p in on]).prod(0)
-    out = dict(zip(sp.candidates, on, strict=True))
-    out[sp.default_input] = out[sp.default_input] + all_off
+    on = dict(zip(sp.candidates, (weights[j][..., 1] for j in idx.conns), strict=True))
+    d = sp.default_input
+    out = dict(on)
+    out[d] = on[d] + (1 - on[d]) * _at_most(on, (d,), 1 if DOT in sp.blocks else 0)
     return out
+
+
+def _at_most(on: dict[int, torch.Tensor], but: Sequence[int], n: int) -> torch.Tensor:
+    """Probability that at most ``n`` (0 or 1) of the independent inputs ``on``, ``but``
+    those, are on."""
+    off = [1 - p for k, p in on.items() if k not in but]
+    none = _product(off, next(iter(on.values())))
+    if n == 0:
+        return none
+    return none + sum((1 - q) * _product(off[:i] + off[i + 1 :], q) for i, q in enumerate(off))
+
+
+def _product(ts: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    return torch.stack(ts).prod(0) if ts else torch.ones_like(like)
+
+
+def _raw_rows(space: SearchSpace) -> dict[int, int]:
+    d, out = space.embedding_dim, {}
+    if space.spec.n_dense:
+        out[DENSE] = dot_rows(space.spec.n_dense, d)
+    if space.spec.n_sparse:
+        out[SPARSE] = space.spec.n_sparse
+    return out
+
+
+def _choice_rows(
+    space: SearchSpace,
+    probs: Sequence[torch.Tensor],
+    c: int,
+    moments: dict[int, tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row moments of an aligned Choice's output: a mixture over its blocks of a linear
+    output's ``ceil(dim / D)`` rows, EmbedFC's ``dim`` rows and a pairwise block's right
+    input's rows."""
+    sp, idx = space.choices[c], space.choice_decisions[c]
+    d = space.embedding_dim
+    mean = square = probs[idx.block].new_zeros(())
+    for p_block, b in zip(probs[idx.block], sp.blocks, strict=True):
+        if b in PAIRWISE_BLOCKS:
+            right = probs[idx.right]
+            mean = mean + p_block * sum(
+                r * moments[k][0] for k, r in zip(sp.candidates, right, strict=True)
+            )
+            square = square + p_block * sum(
+                r * moments[k][1] for k, r in zip(sp.candidates, right, strict=True)
+            )
+            continue
+        rows = probs[idx.dims[b]].new_tensor(
+            [dot_rows(m, d) if b == LINEAR else m for m in sp.dims[b]]
+        )
+        mean = mean + p_block * (probs[idx.dims[b]] * rows).sum()
+        square = square + p_block * (probs[idx.dims[b]] * rows * rows).sum()
+    return mean, square
+
+
+def _dot_rows_squared(
+    space: SearchSpace,
+    weights: Sequence[torch.Tensor],
+    c: int,
+    moments: dict[int, tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``E[F]`` and ``E[F^2]`` for the rows F the dot block of Choice ``c`` reads, from each
+    input's row moments ``(E[R], E[R^2])``. Two inputs read together use their joint read
+    probability; their row counts are taken as independent (exact when they share no
+    decisions, and for one-hot weights)."""
+    sp, idx = space.choices[c], space.choice_decisions[c]
+    on = dict(zip(sp.candidates, (weights[j][..., 1] for j in idx.conns), strict=True))
+    read = connection_weights(space, weights, c)
+    d = sp.default_input
+    mean = sum(read[k] * moments[k][0] for k in sp.candidates)
+    square = sum(read[k] * moments[k][1] for k in sp.candidates)
+    for k in sp.candidates:
+        for j in sp.candidates:
+            if j == k:
+                continue
+            if d in (j, k):  # the other on, and d on or every third input off
+                other = j if k == d else k
+                both = on[other] * (on[d] + (1 - on[d]) * _at_most(on, (d, other), 0))
+            else:
+                both = on[k] * on[j]
+            square = square + both * moments[k][0] * moments[j][0]
+    return mean, square
 
 
 def expected_flops(space: SearchSpace, probs: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -105,7 +193,9 @@ def expected_flops(space: SearchSpace, probs: Sequence[torch.Tensor]) -> torch.T
     its inputs' widths). Two terms are OR-events and use an independence approximation
     (exact for one-hot probabilities and when the events are in fact independent, e.g. a
     chain of Choices): whether a Choice is reachable from the classifier, and whether a shared
-    pairwise projection ``FC_ij`` is used by at least one reachable Choice.
+    pairwise projection ``FC_ij`` is used by at least one reachable Choice. The dot block's
+    FLOPs are quadratic in its rows: they use each aligned input's first two moments of its
+    rows, with independent row counts across inputs (`_dot_rows_squared`).
     """
     probs = space.check_weights(probs, batched=False)
     d, bn = space.embedding_dim, space.bottleneck
@@ -118,6 +208,8 @@ def expected_flops(space: SearchSpace, probs: Sequence[torch.Tensor]) -> torch.T
         p2[DENSE], e2[DENSE], e3[DENSE] = zero + 1, zero + space.spec.n_dense, zero
     if space.spec.n_sparse:
         p2[SPARSE], e2[SPARSE], e3[SPARSE] = zero, zero, zero + space.spec.n_sparse
+    # per aligned input: (E[R], E[R^2]) of the rows R the dot block reads it as
+    moments = {k: (zero + r, zero + r * r) for k, r in _raw_rows(space).items()}
 
     def e_flat(k: int) -> torch.Tensor:
         return e2[k] + d * e3[k]
@@ -159,8 +251,14 @@ def expected_flops(space: SearchSpace, probs: Sequence[torch.Tensor]) -> torch.T
                 use[k] = use[k] + p_pair * (1 - (1 - left[a]) * (1 - right[a]))
                 for b, j in enumerate(sp.candidates):
                     pairs[(k, j)] = p_pair * left[a] * right[b]
+        if DOT in pb:
+            rows, rows_sq = _dot_rows_squared(space, probs, c, moments)
+            flops = flops + p[DOT] * 2 * d * rows_sq
+            width2d = width2d + p[DOT] * (rows_sq - rows) / 2
         k = choice_input(c)
-        p2[k] = p[LINEAR] + p[DOT_PRODUCT] + p_pair
+        if k in space.aligned_inputs:
+            moments[k] = _choice_rows(space, probs, c, moments)
+        p2[k] = p[LINEAR] + p[DOT_PRODUCT] + p[DOT] + p_pair
         e2[k] = width2d
         e3[k] = p[EMBED_FC] * edim[EMBED_FC] if EMBED_FC in edim else zero
         own_flops.append(flops)

@@ -23,11 +23,14 @@ import torch
 from rankitect.space.arch import DENSE, SPARSE, Arch, ChoiceArch, choice_input
 from rankitect.space.blocks import (
     BLOCKS_2D,
+    DIM_BLOCKS,
+    DOT,
     DOT_PRODUCT,
     EMBED_FC,
     LINEAR,
     PAIRWISE_BLOCKS,
     Span,
+    dot_rows,
 )
 from rankitect.space.space import ChoiceSpec
 
@@ -67,6 +70,9 @@ def arch_shapes(space: SearchSpace, arch: Arch) -> dict[int, Shape]:
             shape = Shape(ch.dim, True)
         elif ch.block == DOT_PRODUCT:
             shape = Shape(ch.dim * sum(shapes[k].rows for k in ch.inputs), False)
+        elif ch.block == DOT:
+            n = sum(dot_rows(shapes[k].flat(d), d) for k in ch.inputs)
+            shape = Shape(n * (n - 1) // 2, False)
         else:
             shape = Shape(shapes[ch.right].flat(d), False)
         shapes[choice_input(c)] = shape
@@ -96,13 +102,15 @@ class ChoiceLayout:
 
     ``row_offsets[k]``: first row slot of candidate ``k`` in the 3-D adaptor; ``n_rows``: all
     slots; ``pair_width``: width of pairwise outputs (widest candidate flat view);
-    ``dot_dim``: the largest dot-product dimension (0 without that block).
+    ``dot_dim``: the largest dot-product dimension (0 without that block); ``dot_rows[k]``:
+    the rows of D the dot block reads candidate k's largest flat view as.
     """
 
     row_offsets: dict[int, int]
     n_rows: int
     pair_width: int
     dot_dim: int
+    dot_rows: dict[int, int]
     source: SourceLayout
 
 
@@ -129,16 +137,19 @@ class SpaceLayout:
                 n_rows += self.sources[k].row_slots
             pair_width = max(self.sources[k].flat for k in sp.candidates)
             dot_dim = sp.dims.get(DOT_PRODUCT, (0,))[-1]
+            rows = {k: dot_rows(self.sources[k].flat, d) for k in sp.candidates}
+            n_dot = sum(rows.values())
             widths = {
                 LINEAR: sp.dims.get(LINEAR, (0,))[-1],
                 DOT_PRODUCT: n_rows * dot_dim,
+                DOT: n_dot * (n_dot - 1) // 2,
                 **{b: pair_width for b in PAIRWISE_BLOCKS},
             }
             width2d = max((widths[b] for b in sp.blocks if b in BLOCKS_2D), default=0)
             rows3d = sp.dims[EMBED_FC][-1] if EMBED_FC in sp.blocks else 0
             source = SourceLayout(width2d, rows3d, max(width2d, rows3d * d))
             self.sources[choice_input(c)] = source
-            self.choices[c] = ChoiceLayout(offsets, n_rows, pair_width, dot_dim, source)
+            self.choices[c] = ChoiceLayout(offsets, n_rows, pair_width, dot_dim, rows, source)
 
     @classmethod
     def of_space(cls, space: SearchSpace) -> SpaceLayout:
@@ -159,7 +170,8 @@ def point_spec(ch: ChoiceArch) -> ChoiceSpec:
     whose width is its output's), its dim."""
     if ch.block in PAIRWISE_BLOCKS:
         return ChoiceSpec(blocks=(ch.block,), candidates=(ch.right,))
-    return ChoiceSpec(blocks=(ch.block,), candidates=ch.inputs, dims={ch.block: (ch.dim,)})
+    dims = {ch.block: (ch.dim,)} if ch.block in DIM_BLOCKS else {}
+    return ChoiceSpec(blocks=(ch.block,), candidates=ch.inputs, dims=dims)
 
 
 def _contiguous(index: torch.Tensor) -> Span:
@@ -168,6 +180,21 @@ def _contiguous(index: torch.Tensor) -> Span:
     if n and int(index[-1]) - int(index[0]) == n - 1 and bool((index.diff() == 1).all()):
         return Span(n, int(index[0]))
     return Span(n, index=index)
+
+
+def _dot_span(cl: ChoiceLayout, widths: list[tuple[int, int]], d: int, device) -> Span:
+    """Where the dots of an architecture's rows sit among those of all the layout's rows:
+    each input's rows are the leading ones of its largest (the inputs are aligned)."""
+    starts, n = {}, 0
+    for k, r in cl.dot_rows.items():
+        starts[k], n = n, n + r
+    rows = torch.cat([torch.arange(dot_rows(w, d)) + starts[k] for k, w in widths])
+    i, j = torch.triu_indices(len(rows), len(rows), 1)
+    a, b = rows[i], rows[j]
+    span = _contiguous(a * n - a * (a + 1) // 2 + b - a - 1)  # row-major strict upper triangle
+    if span.index is not None and device is not None:
+        span = Span(span.size, index=span.index.to(device))
+    return span
 
 
 class HardPlan:
@@ -190,6 +217,8 @@ class HardPlan:
                 span = Span(ch.dim)
             elif ch.block in PAIRWISE_BLOCKS:
                 span = self.spans[ch.right]
+            elif ch.block == DOT:
+                span = _dot_span(cl, [(k, shapes[k].flat(d)) for k in ch.inputs], d, device)
             else:
                 slots, rows = [], []
                 for k in ch.inputs:

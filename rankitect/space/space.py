@@ -3,13 +3,14 @@
 Per Choice ``c`` the decisions are, in this order:
 
 - ``c<c>.block``: which allowed block (one-hot "binary output mask");
-- ``c<c>.dim.<block>``: output dimension of each allowed connection block, over its options
+- ``c<c>.dim.<block>``: output dimension of each allowed block that has one, over its options
   (one-hot; the supernet turns it into a leading-ones prefix mask); active when that block is
   chosen;
 - ``c<c>.in.<input>``: one on/off decision per candidate input ("K independent binary masks",
   value 1 = on, prior probability ``connection_prob``); active when a connection block is
   chosen. All-off decodes to the Choice's *default input* (its last candidate, the nearest
-  earlier source), so every value vector decodes to a valid `Arch`;
+  earlier source; for the dot block the sparse embeddings, also read when one other input
+  alone is on), so every value vector decodes to a valid `Arch`;
 - ``c<c>.left`` / ``c<c>.right``: the pair read by a pairwise block (one-hot over the
   candidates); active when a pairwise block is chosen.
 """
@@ -35,7 +36,17 @@ from rankitect.space.arch import (
     choice_input,
     input_name,
 )
-from rankitect.space.blocks import BLOCKS, CONNECTION_BLOCKS, PAIRWISE_BLOCKS, LayerSettings
+from rankitect.space.blocks import (
+    BLOCKS,
+    CONNECTION_BLOCKS,
+    DIM_BLOCKS,
+    DOT,
+    EMBED_FC,
+    LINEAR,
+    PAIRWISE_BLOCKS,
+    LayerSettings,
+    is_real,
+)
 
 
 @dataclass(frozen=True)
@@ -43,12 +54,15 @@ class ChoiceSpec:
     """What one Choice may do: its allowed blocks, candidate inputs and dimension options.
 
     ``candidates``: ascending global input indices (0 dense, 1 sparse, 2 + i Choice i);
-    ``dims``: for every allowed connection block, its ascending output-dimension options.
+    ``dims``: for every allowed block with a dimension, its ascending output-dimension
+    options; ``dropout``: on this Choice's output instead of the space's ``layer.dropout``
+    (None: the space's), e.g. 0 for a DLRM seed's bottom MLP and interaction.
     """
 
     blocks: tuple[str, ...]
     candidates: tuple[int, ...]
     dims: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    dropout: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "blocks", tuple(self.blocks))
@@ -69,7 +83,7 @@ class ChoiceSpec:
         cands = self.candidates
         if not cands or list(cands) != sorted(set(cands)) or cands[0] < 0:
             raise ValueError(f"ChoiceSpec.candidates must be ascending, unique, >= 0: {cands}")
-        need = {b for b in self.blocks if b in CONNECTION_BLOCKS}
+        need = {b for b in self.blocks if b in DIM_BLOCKS}
         if set(self.dims) != need:
             raise ValueError(
                 f"ChoiceSpec.dims must give options for exactly {sorted(need)}, "
@@ -78,11 +92,41 @@ class ChoiceSpec:
         for b, opts in self.dims.items():
             if not opts or list(opts) != sorted(set(opts)) or opts[0] < 1:
                 raise ValueError(f"ChoiceSpec.dims[{b!r}] must be ascending, unique, >= 1: {opts}")
+        if DOT in self.blocks and len(self.blocks) > 1:  # its own connection rule (below)
+            raise ValueError(f"ChoiceSpec.blocks: {DOT} is allowed alone, got {self.blocks}")
+        if self.dropout is not None and not (is_real(self.dropout) and 0 <= self.dropout < 1):
+            raise ValueError(f"ChoiceSpec.dropout must be a number in [0, 1), got {self.dropout!r}")
 
     @property
     def default_input(self) -> int:
-        """Input taken when every connection decision is off: the nearest earlier source."""
+        """Input taken when every connection decision is off: the nearest earlier source; for
+        the dot block the sparse embeddings, also taken when one other input alone is on (a
+        dot product needs two rows; `SearchSpace` checks there are at least two of them)."""
+        if DOT in self.blocks:
+            return SPARSE
         return self.candidates[-1]
+
+    def inputs_read(self, on: Sequence[int]) -> tuple[int, ...]:
+        """The inputs a connection block reads given the candidates switched ``on``."""
+        d = self.default_input
+        if d not in on and len(on) <= (1 if DOT in self.blocks else 0):
+            return tuple(sorted((*on, d)))
+        return tuple(on)
+
+
+def aligned_inputs(raw: Sequence[int], choices: Sequence[ChoiceSpec]) -> frozenset[int]:
+    """Inputs whose features always sit at the front of their largest flat layout: the raw
+    inputs, and Choices of linear, EmbedFC and pairwise blocks over aligned inputs (a dot
+    product's outputs are scattered over its largest grid), which the dot block can cut
+    into rows."""
+    aligned = set(raw)
+    for c, ch in enumerate(choices):
+        pairwise = any(b in PAIRWISE_BLOCKS for b in ch.blocks)
+        if set(ch.blocks) <= {LINEAR, EMBED_FC, *PAIRWISE_BLOCKS} and (
+            not pairwise or set(ch.candidates) <= aligned
+        ):
+            aligned.add(choice_input(c))
+    return frozenset(aligned)
 
 
 @dataclass(frozen=True)
@@ -302,6 +346,10 @@ class SearchSpace(DecisionSpace):
                     f"choice {c}: candidate input {bad[0]} ({input_name(bad[0])}) is neither a "
                     f"present raw input {raw} nor an earlier Choice"
                 )
+        self.aligned_inputs = aligned_inputs(raw, self.choices)
+        for c, ch in enumerate(self.choices):
+            if DOT in ch.blocks:
+                self._check_dot_choice(c, ch)
         self.decisions, self.choice_decisions = self._build_decisions()
         self._seed = None if seed is None else self.validate(seed)
 
@@ -317,6 +365,22 @@ class SearchSpace(DecisionSpace):
     @property
     def num_choices(self) -> int:
         return len(self.choices)
+
+    def _check_dot_choice(self, c: int, ch: ChoiceSpec) -> None:
+        """The dot block cuts its inputs into rows where they lie, so it reads aligned inputs
+        only, and its default input (the sparse embeddings) must give two rows."""
+        if SPARSE not in ch.candidates or self.spec.n_sparse < 2:
+            raise ValueError(
+                f"choice {c}: the {DOT} block needs the sparse embeddings (at least 2 fields) "
+                "among its candidates, its default input"
+            )
+        bad = [k for k in ch.candidates if k not in self.aligned_inputs]
+        if bad:
+            raise ValueError(
+                f"choice {c}: the {DOT} block cannot read candidate {bad[0]} "
+                f"({input_name(bad[0])}), whose features may be a dot product's, scattered "
+                "over its largest layout"
+            )
 
     def _build_decisions(self) -> tuple[tuple[Decision, ...], tuple[ChoiceDecisions, ...]]:
         decisions: list[Decision] = []
@@ -340,7 +404,7 @@ class SearchSpace(DecisionSpace):
                     condition=(block, frozenset({ch.blocks.index(b)})),
                 )
                 for b in ch.blocks
-                if b in CONNECTION_BLOCKS
+                if b in DIM_BLOCKS
             }
             conn_values = frozenset(i for i, b in enumerate(ch.blocks) if b in CONNECTION_BLOCKS)
             conns = (
@@ -399,9 +463,16 @@ class SearchSpace(DecisionSpace):
                         f"input {k} ({input_name(k)}) is not a candidate; candidates: "
                         f"{list(sp.candidates)}",
                     )
-            if ch.block in CONNECTION_BLOCKS and ch.dim not in sp.dims[ch.block]:
+            if ch.block in DIM_BLOCKS and ch.dim not in sp.dims[ch.block]:
                 raise arch_error(
                     c, "dim", f"{ch.dim} is not an option of {ch.block}: {list(sp.dims[ch.block])}"
+                )
+            if ch.block == DOT and sp.inputs_read(ch.inputs) != ch.inputs:
+                raise arch_error(
+                    c,
+                    "inputs",
+                    f"{DOT} reads two rows or more: {list(ch.inputs)} needs the sparse "
+                    f"embeddings ({SPARSE}) or another input",
                 )
         return arch
 
@@ -425,8 +496,8 @@ class SearchSpace(DecisionSpace):
                 )
             else:
                 on = tuple(k for k, j in zip(sp.candidates, idx.conns, strict=True) if vals[j] == 1)
-                dim = sp.dims[block][vals[idx.dims[block]]]
-                out.append(ChoiceArch(block, inputs=on or (sp.default_input,), dim=dim))
+                dim = sp.dims[block][vals[idx.dims[block]]] if block in DIM_BLOCKS else None
+                out.append(ChoiceArch(block, inputs=sp.inputs_read(on), dim=dim))
         return Arch(tuple(out))
 
     def values(self, arch: Arch) -> torch.Tensor:
@@ -439,7 +510,8 @@ class SearchSpace(DecisionSpace):
                 vals[idx.left] = sp.candidates.index(ch.left)
                 vals[idx.right] = sp.candidates.index(ch.right)
             else:
-                vals[idx.dims[ch.block]] = sp.dims[ch.block].index(ch.dim)
+                if ch.block in DIM_BLOCKS:
+                    vals[idx.dims[ch.block]] = sp.dims[ch.block].index(ch.dim)
                 for k, j in zip(sp.candidates, idx.conns, strict=True):
                     vals[j] = int(k in ch.inputs)
         return torch.tensor(vals, dtype=torch.long)
@@ -511,7 +583,8 @@ class SearchSpace(DecisionSpace):
                     ChoiceArch(b, left=i, right=j) for i in sp.candidates for j in sp.candidates
                 ]
             else:
-                out.append(ChoiceArch(b, inputs=sp.candidates, dim=sp.dims[b][-1]))
+                dim = sp.dims[b][-1] if b in DIM_BLOCKS else None
+                out.append(ChoiceArch(b, inputs=sp.candidates, dim=dim))
         return out
 
     def choice_counts(self) -> list[int]:
@@ -521,7 +594,12 @@ class SearchSpace(DecisionSpace):
             k = len(sp.candidates)
             n = 0
             for b in sp.blocks:
-                n += k * k if b in PAIRWISE_BLOCKS else len(sp.dims[b]) * (2**k - 1)
+                if b in PAIRWISE_BLOCKS:
+                    n += k * k
+                elif b == DOT:  # no single input but the sparse embeddings (inputs_read)
+                    n += 2**k - k
+                else:
+                    n += len(sp.dims[b]) * (2**k - 1)
             counts.append(n)
         return counts
 

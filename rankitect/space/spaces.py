@@ -20,20 +20,23 @@ from rankitect.models.blocks import is_positive_int
 from rankitect.space.arch import DENSE, SPARSE, Arch, ChoiceArch, choice_input
 from rankitect.space.blocks import (
     BLOCKS,
-    CONNECTION_BLOCKS,
+    DIM_BLOCKS,
+    DOT,
     DOT_PRODUCT,
     EMBED_FC,
     LINEAR,
     PAIRWISE_BLOCKS,
     PAIRWISE_GATING,
     PAIRWISE_SUM,
+    is_real,
 )
 from rankitect.space.dhen import DHENSpace, dhen_space
-from rankitect.space.space import ChoiceSpec, SearchSpace
+from rankitect.space.space import ChoiceSpec, SearchSpace, aligned_inputs
 
-SEED_KEYS = {"name", "block", "inputs", "dim", "in_seed"}
-# Grown space: the block families a seed block is completed with (paper §4.2.1).
-BLOCK_FAMILIES = ((DOT_PRODUCT, EMBED_FC), (LINEAR, PAIRWISE_GATING, PAIRWISE_SUM))
+SEED_KEYS = {"name", "block", "inputs", "dim", "in_seed", "dropout"}
+# Grown space: the block families a seed block is completed with (paper §4.2.1). DLRM's
+# parameter-free dot stays alone: it reads aligned inputs only, by its own connection rule.
+BLOCK_FAMILIES = ((DOT_PRODUCT, EMBED_FC), (LINEAR, PAIRWISE_GATING, PAIRWISE_SUM), (DOT,))
 
 
 def _raw_candidates(spec: FeatureSpec) -> tuple[int, ...]:
@@ -76,7 +79,7 @@ def generic_space(
     raw = _raw_candidates(spec)
     choices = []
     for c, allowed in enumerate(per_choice):
-        missing = [b for b in allowed if b in CONNECTION_BLOCKS and b not in dims]
+        missing = [b for b in allowed if b in DIM_BLOCKS and b not in dims]
         if missing:
             raise ValueError(f"dims has no options for block {missing[0]!r}")
         earlier = sorted({choice_input(c - int(g)) for g in distances if c - int(g) >= 0})
@@ -84,7 +87,7 @@ def generic_space(
             ChoiceSpec(
                 blocks=tuple(allowed),
                 candidates=raw + tuple(earlier),
-                dims={b: tuple(sorted(dims[b])) for b in allowed if b in CONNECTION_BLOCKS},
+                dims={b: tuple(sorted(dims[b])) for b in allowed if b in DIM_BLOCKS},
             )
         )
     return SearchSpace(
@@ -153,8 +156,13 @@ def _parse_seed(spec: FeatureSpec, seed: Sequence[Mapping[str, Any]]) -> list[di
                 continue
         else:
             refs = sorted({r for r in refs if r is not None})
-            if "dim" not in item:
+            if block == DOT and "dim" in item:
+                raise ValueError(f"seed choice {name!r}: {DOT} has no dim")
+            if block != DOT and "dim" not in item:
                 raise ValueError(f"seed choice {name!r}: {block} needs a dim")
+        dropout = item.get("dropout")
+        if dropout is not None and not (is_real(dropout) and 0 <= dropout < 1):
+            raise ValueError(f"seed choice {name!r}: dropout must be a number in [0, 1)")
         if not refs:
             names[name] = None
             continue
@@ -162,8 +170,14 @@ def _parse_seed(spec: FeatureSpec, seed: Sequence[Mapping[str, Any]]) -> list[di
             raise ValueError(f"seed choice {name!r}: reads a choice with in_seed: false")
         names[name] = len(out)
         out.append(
-            {"name": name, "block": block, "inputs": refs, "dim": item.get("dim"),
-             "in_seed": in_seed}
+            {
+                "name": name,
+                "block": block,
+                "inputs": refs,
+                "dim": item.get("dim"),
+                "in_seed": in_seed,
+                "dropout": dropout,
+            }
         )
     if not out or not out[-1]["in_seed"]:
         raise ValueError("the last seed choice (the output) must exist and be in_seed")
@@ -184,7 +198,8 @@ def _random_topological_order(seed: list[dict[str, Any]], generator: torch.Gener
     order: list[int] = []
     while len(order) < len(seed):
         ready = [
-            i for i in range(len(seed))
+            i
+            for i in range(len(seed))
             if i not in order and preds[i] <= set(order) and (i != output or len(order) == output)
         ]
         order.append(ready[int(torch.randint(len(ready), (1,), generator=generator))])
@@ -240,9 +255,17 @@ def grown_space(
         family = next(f for f in BLOCK_FAMILIES if s["block"] in f)
         seed_inputs = [to_input(r) for r in s["inputs"]]
         near = {choice_input(p - int(g)) for g in distances if p - int(g) >= 0}
+        if family == (DOT,):  # only inputs it can cut into rows where they lie
+            aligned = aligned_inputs(raw, choices)
+            near &= aligned
+            if not set(seed_inputs) <= aligned:
+                raise ValueError(
+                    f"seed choice {s['name']!r}: {DOT} reads raw inputs and choices of linear, "
+                    "EmbedFC and pairwise blocks only, not a dot product's scattered output"
+                )
         candidates = tuple(sorted(set(raw) | near | set(seed_inputs)))
         base = s["dim"]  # a pairwise seed may give one for the linear of its family
-        if base is None and any(b in CONNECTION_BLOCKS for b in family):
+        if base is None and any(b in DIM_BLOCKS for b in family):
             raise ValueError(f"seed choice {s['name']!r}: its grown blocks need a dim to scale")
         options = (
             scaled_options(
@@ -259,13 +282,15 @@ def grown_space(
             ChoiceSpec(
                 blocks=family,
                 candidates=candidates,
-                dims={b: options for b in family if b in CONNECTION_BLOCKS},
+                dims={b: options for b in family if b in DIM_BLOCKS},
+                dropout=s["dropout"],
             )
         )
         if s["block"] in PAIRWISE_BLOCKS:
             seed_choices.append(ChoiceArch(s["block"], left=seed_inputs[0], right=seed_inputs[1]))
         else:
-            seed_choices.append(ChoiceArch(s["block"], inputs=tuple(seed_inputs), dim=int(base)))
+            dim = None if base is None else int(base)
+            seed_choices.append(ChoiceArch(s["block"], inputs=tuple(seed_inputs), dim=dim))
     return SearchSpace(
         spec,
         choices,

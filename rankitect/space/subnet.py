@@ -28,7 +28,7 @@ class SubnetModel(ChoiceNet):
     Only Choices reachable from the classifier are built and run; each shared pairwise
     projection ``FC_ij`` is built and computed once per forward. Norm, activation,
     initialisation, dropout and embedding L2 are the space's `LayerSettings`; ``dropout``
-    overrides the space's dropout.
+    overrides the space's ``layer.dropout`` (a Choice's own ``dropout`` stays).
     """
 
     def __init__(self, space: SearchSpace, arch: Arch, dropout: float | None = None) -> None:

@@ -31,6 +31,7 @@ from torch import nn
 from rankitect.models.embedding import FeatureEmbedding
 from rankitect.space.arch import DENSE, SPARSE, Arch, ChoiceArch, choice_input
 from rankitect.space.blocks import (
+    DOT,
     DOT_PRODUCT,
     EMBED_FC,
     LINEAR,
@@ -39,6 +40,7 @@ from rankitect.space.blocks import (
     ROW_BLOCKS,
     BlockNorm,
     Classifier,
+    DotBlock,
     LayerSettings,
     LinearBlock,
     PairFC,
@@ -129,6 +131,8 @@ class SuperChoice(nn.Module):
         for b in PAIRWISE_BLOCKS:
             if b in sp.blocks:
                 self.blocks[b] = PairwiseBlock(b, cl.pair_width, settings)
+        if DOT in sp.blocks:
+            self.blocks[DOT] = DotBlock(cl.dot_rows, d)
 
     def sliced(self, c: int, ch: ChoiceArch, plan: HardPlan, is3d: Mapping[int, bool]):
         """This Choice's state under ``ch``, named as in the subnet's `SuperChoice`."""
@@ -137,6 +141,8 @@ class SuperChoice(nn.Module):
             own = block.sliced(ch.inputs, ch.dim, plan.spans)
         elif ch.block in PAIRWISE_BLOCKS:
             own = block.sliced(plan.spans[ch.right])
+        elif ch.block == DOT:
+            own = block.sliced()
         else:
             own = block.sliced(ch.inputs, ch.dim, plan.row_slots[c], plan.dot_spans.get(c))
         state = prefixed(f"blocks.{ch.block}", own)
@@ -160,6 +166,8 @@ class SuperChoice(nn.Module):
             return block.hard(ch.inputs, ch.dim, plan.spans, [outs[k] for k in ch.inputs])
         if ch.block in PAIRWISE_BLOCKS:
             return block.hard(project(ch.left, ch.right), outs[ch.right], plan.spans[ch.right])
+        if ch.block == DOT:
+            return block.hard([outs[k] for k in ch.inputs])
         rows = [
             outs[k]
             if outs[k].dim() == 3
@@ -190,6 +198,9 @@ class SuperChoice(nn.Module):
         for b in PAIRWISE_BLOCKS:
             if b in self.blocks:
                 outs2d[b], supports2d[b] = self._soft_pairwise(b, w, flat, pair)
+        if DOT in self.blocks:
+            flats = {k: tuple(t * w.conn[k] for t in flat(k)) for k in self.candidates}
+            outs2d[DOT], supports2d[DOT] = self.blocks[DOT].soft(flats)
         if not outs2d:
             return SoftOut(None, None, None, x3, r3)
         width = self.layout.source.width2d
@@ -250,6 +261,11 @@ class ChoiceNet(nn.Module):
     def choice(self, c: int) -> SuperChoice:
         raise NotImplementedError
 
+    def dropout(self, c: int) -> float:
+        """Dropout on Choice ``c``'s output: its own, else the settings'."""
+        own = self.space.choices[c].dropout
+        return self.settings.dropout if own is None else own
+
     @property
     def emb_l2(self) -> float:
         return self.settings.emb_l2
@@ -285,9 +301,9 @@ class ChoiceNet(nn.Module):
                 projected[key] = self.pairs[key].hard(outs[i], plan.spans[i], plan.spans[j])
             return projected[key]
 
-        p = self.settings.dropout
         for c in arch.reachable():
             out = self.choice(c).hard(c, arch.choices[c], plan, outs, project)
+            p = self.dropout(c)
             outs[choice_input(c)] = F.dropout(out, p, self.training) if p else out
         last = choice_input(len(arch.choices) - 1)
         return self.classifier.hard(outs[last], plan.spans[last])
@@ -446,14 +462,13 @@ class Supernet(ChoiceNet):
 
         for c, module in enumerate(self.choices):
             out = module.soft(self._choice_weights(weights, c), srcs, flat, pair)
-            srcs[choice_input(c)] = self._drop_soft(out)
+            srcs[choice_input(c)] = self._drop_soft(out, self.dropout(c))
         last, _ = flat(choice_input(self.space.num_choices - 1))
         return self.classifier.hard(last)
 
-    def _drop_soft(self, out: SoftOut) -> SoftOut:
-        if not (self.training and self.settings.dropout):
+    def _drop_soft(self, out: SoftOut, p: float) -> SoftOut:
+        if not (self.training and p):
             return out
-        p = self.settings.dropout
         x2 = None if out.x2 is None else F.dropout(out.x2, p, True)
         x3 = None if out.x3 is None else F.dropout(out.x3, p, True)
         return SoftOut(x2, out.s2, out.p2, x3, out.r3)

@@ -24,7 +24,7 @@ from typing import Any
 
 from rankitect.data.spec import FeatureSpec
 from rankitect.space.arch import Arch, ChoiceArch, choice_input
-from rankitect.space.blocks import CONNECTION_BLOCKS, LINEAR, PAIRWISE_BLOCKS
+from rankitect.space.blocks import CONNECTION_BLOCKS, DIM_BLOCKS, LINEAR, PAIRWISE_BLOCKS
 from rankitect.space.layout import arch_shapes
 from rankitect.space.space import ChoiceSpec, SearchSpace
 from rankitect.space.spaces import SPACE_KINDS, load_space
@@ -143,6 +143,8 @@ def _merged_settings(
     pair_widths = [w for s, w in zip(settings, widths, strict=True) if s.block in PAIRWISE_BLOCKS]
 
     def make(block: str) -> ChoiceArch:
+        if block not in DIM_BLOCKS:  # the dot: every input any of them reads, no dim
+            return ChoiceArch(block, inputs=inputs)
         options = sp.dims[block]
         want = [s.dim for s in conn if s.block == block]
         want += pair_widths if block == LINEAR else []
@@ -197,7 +199,7 @@ def scale_arch(
     space: Any,
     arch: Any,
     factor: float,
-    blocks: Iterable[str] = CONNECTION_BLOCKS,
+    blocks: Iterable[str] = DIM_BLOCKS,
     widen: bool = False,
     bottleneck_factor: float = 1.0,
 ) -> ScaleResult:
@@ -231,10 +233,10 @@ def scale_arch(
         out = own(arch, factor, blocks, widen, **extra)
         new_space, new_arch = out if widen else (space, out)
         return ScaleResult(new_arch, new_space, None)
-    bad = [b for b in blocks if b not in CONNECTION_BLOCKS]
+    bad = [b for b in blocks if b not in DIM_BLOCKS]
     if bad:
         raise ValueError(
-            f"scale: block {bad[0]!r} has no dimension to scale; scalable: {CONNECTION_BLOCKS}"
+            f"scale: block {bad[0]!r} has no dimension to scale; scalable: {DIM_BLOCKS}"
         )
     arch = space.validate(arch)
     records, choices, added = [], [], {}
@@ -288,7 +290,9 @@ def widen_space(
                     f"it has {sorted(dims)}"
                 )
             dims[block] = tuple(sorted({*dims[block], *(int(d) for d in extra)}))
-        choices[c] = ChoiceSpec(blocks=sp.blocks, candidates=sp.candidates, dims=dims)
+        choices[c] = ChoiceSpec(
+            blocks=sp.blocks, candidates=sp.candidates, dims=dims, dropout=sp.dropout
+        )
     return SearchSpace(
         space.spec,
         choices,
