@@ -101,5 +101,7 @@ def comparison(results: dict[str, Any]) -> str:
     if "ne" in val:
         return f"validation NE {val['ne']:.4f} on the shared supernet weights"
     if isinstance(results.get("ne"), float):
-        return f"proxy NE {results['ne']:.4f} (the last successive-halving rung)"
+        evaluator = ((results.get("config") or {}).get("method") or {}).get("evaluator") or {}
+        name = "-SiGeo score" if str(evaluator.get("_target_", "")).endswith("SiGeoProxy") else "NE"
+        return f"proxy {name} {results['ne']:.4f} (the last successive-halving rung)"
     return "no NE measured by the search itself"

@@ -186,12 +186,10 @@ class SamplingSearch:
 
     @staticmethod
     def _log_progress(store: TrialStore, ids: list[int], counts: dict[str, int], what: str):
-        scores = [
-            t.metrics["ne"]
-            for t in store.trials(ids=ids, status=DONE)
-            if math.isfinite(t.metrics["ne"])
-        ]
-        best = f"; best NE so far {min(scores):.4f}" if scores else ""
+        done = [t for t in store.trials(ids=ids, status=DONE) if math.isfinite(t.metrics["ne"])]
+        # SiGeo's trials carry -score as their "ne": say so rather than call it an NE
+        name = "-SiGeo score" if any("sigeo" in t.metrics for t in done) else "NE"
+        best = f"; best {name} so far {min(t.metrics['ne'] for t in done):.4f}" if done else ""
         log.info(
             "%s: %d/%d done, %d running, %d queued, %d failed%s",
             what,
