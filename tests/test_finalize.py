@@ -79,6 +79,67 @@ def test_a_finalist_near_the_target_is_always_in_the_race(setup):
     assert finalist_archs(space, outcome, 3, target, near_target=0.0) == small
 
 
+def _finished(cfg, final, run_dir, arch_file, val_ne, space_cfg):
+    """A finished retrain of ``arch_file`` with validation NE ``val_ne``, as `retrain` reads
+    it back (the same recipe, so it is reused and not rerun)."""
+    from rankitect.search.finalize import arch_model
+
+    run_cfg = recipe_config(cfg, final, arch_model(space_cfg, arch_file), 0, final.max_epochs)
+    metrics = {"auc": 0.5, "logloss": 0.5, "ne": val_ne}
+    done = {
+        "config": OmegaConf.to_container(run_cfg, resolve=True),
+        "flops": 1,
+        "params": 1,
+        "seed": 0,
+        "val": metrics,
+        "test": metrics,
+    }
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.json").write_text(json.dumps(done))
+
+
+@pytest.mark.parametrize("seed_ne", [0.01, 10.0])
+def test_the_halvings_winner_replaces_the_seed_only_when_it_beats_it(setup, tmp_path, seed_ne):
+    _, dm, _ = setup
+    cfg = compose_search(
+        "search_space=rankitect",
+        "final.finalists=1",
+        "final.max_epochs=1",
+        "final.baselines=[]",
+        "final.export=false",
+    )
+    space = load_space(OmegaConf.to_container(cfg.search_space), dm.feature_spec)
+    seed = space.seed_arch()
+    gen = torch.Generator().manual_seed(0)
+    found = next(a for a in (space.sample(gen) for _ in range(200)) if a != seed)
+    outcome = SearchOutcome(arch=found, probs=space.priors())
+    final_cfg = FinalConfig.from_config(cfg.final)
+    seed_file = tmp_path / "final" / "finalists" / "seed.json"
+    seed_file.parent.mkdir(parents=True)
+    seed_file.write_text(seed.to_json() + "\n")
+    space_cfg = OmegaConf.to_container(cfg.search_space, resolve=True)
+    _finished(cfg, final_cfg, tmp_path / "final" / "seed_s0", seed_file, seed_ne, space_cfg)
+    out = finalize(cfg, space, outcome, dm, tmp_path, None)["final"]
+    race = out["seed_race"]
+    assert race["seed_val_ne"] == seed_ne and 0.1 < race["searched_val_ne"] < 2.0
+    seed_won = seed_ne < race["searched_val_ne"]
+    assert race["winner"] == ("seed" if seed_won else "searched")
+    assert out["is_seed"] is seed_won
+    assert space.arch_from_json(json.dumps(out["arch"])) == (seed if seed_won else found)
+    lines = comparison_lines(out, {})
+    assert ("the found model is the space's seed" in lines[1]) is seed_won
+    # no race when the seed is off, or is the halving's winner itself
+    off = compose_search(
+        "search_space=rankitect",
+        "final.finalists=1",
+        "final.max_epochs=1",
+        "final.baselines=[]",
+        "final.export=false",
+        "final.include_seed=false",
+    )
+    assert finalize(off, space, outcome, dm, tmp_path, None)["final"]["seed_race"] is None
+
+
 def test_no_candidate_within_the_target_is_a_clear_error(setup):
     _, _, space = setup
     arch = space.sample(torch.Generator().manual_seed(1))

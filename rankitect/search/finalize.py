@@ -62,6 +62,7 @@ class FinalConfig:
     export: bool = True
     draws: int = 512
     near_target: float = 0.9
+    include_seed: bool = True
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> FinalConfig:
@@ -141,9 +142,9 @@ def finalist_archs(
         near = [a for a in eligible if space.flops(a) >= floor]
         if near and all(space.flops(a) < floor for a in out):
             out[-1 if len(out) == k else len(out) :] = [near[0]]
+    seed_arch = eligible_seed(space, target_flops)
     if not out:
-        seed_arch = space.seed_arch() if getattr(space, "has_seed", False) else None
-        if seed_arch is not None and space.flops(seed_arch) <= target_flops:
+        if seed_arch is not None:
             log.warning(
                 "no searched candidate is within the FLOPs target %s: the space's seed "
                 "architecture (%d FLOPs) is the only finalist",
@@ -156,6 +157,19 @@ def finalist_archs(
             f"one has {space.flops(outcome.arch):,}"
         )
     return out
+
+
+def space_seed(space: Any) -> Any | None:
+    """The hand-designed architecture the space was grown from, if it has one."""
+    return space.seed_arch() if getattr(space, "has_seed", False) else None
+
+
+def eligible_seed(space: Any, target_flops: float | None) -> Any | None:
+    """The space's seed when it is within the FLOPs target."""
+    seed = space_seed(space)
+    if seed is None or (target_flops is not None and space.flops(seed) > target_flops):
+        return None
+    return seed
 
 
 def _near_modes(space: Any, outcome: SearchOutcome, draws: int, seed: int) -> list[Any]:
@@ -318,6 +332,34 @@ def summary(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def versus(final: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, float]:
+    """The found model against one baseline: its test NE gain in % of the baseline's NE
+    (positive: better) and its FLOPs as a multiple of the baseline's."""
+    ne = baseline["test"]["ne"]
+    return {
+        "ne_gain_pct": 100 * (ne - final["test"]["ne"]) / ne,
+        "flops_ratio": final["flops"] / max(baseline["flops"], 1),
+    }
+
+
+def final_comparison(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The found model against the baselines as flat figures (a wandb run summary's): test
+    AUC, log loss and NE and the FLOPs of ``final/...`` and of each ``baseline/<name>/...``,
+    with the `versus` figures; empty for a search without its final retrain (``final=none``)."""
+    if "final" not in results:
+        return {}
+
+    def figures(run: Mapping[str, Any]) -> dict[str, Any]:
+        return {**{f"test_{m}": run["test"][m] for m in METRICS}, "flops": run["flops"]}
+
+    final = results["final"]
+    out = {f"final/{k}": v for k, v in figures(final).items()}
+    for name, b in results.get("baselines", {}).items():
+        for k, v in {**figures(b), **versus(final, b)}.items():
+            out[f"baseline/{name}/{k}"] = v
+    return out
+
+
 def comparison_lines(final: Mapping[str, Any], baselines: Mapping[str, Any]) -> list[str]:
     """The plain statement of the found model against each baseline (test split)."""
     t = final["test"]
@@ -325,6 +367,17 @@ def comparison_lines(final: Mapping[str, Any], baselines: Mapping[str, Any]) -> 
         f"found model: test AUC {t['auc']:.4f}, log loss {t['logloss']:.4f}, NE "
         f"{t['ne']:.4f} at {final['flops']:,} FLOPs"
     ]
+    if final.get("is_seed"):
+        race = final.get("seed_race")
+        lines.append(
+            "the found model is the space's seed, the model it was grown from: "
+            + (
+                f"the halving's winner (val NE {race['searched_val_ne']:.4f}) did not beat it "
+                f"(val NE {race['seed_val_ne']:.4f}) under the full recipe"
+                if race
+                else "the search's best finalist"
+            )
+        )
     if "bayes_ne" in final:
         bayes = final["bayes_ne"]["test"]
         lines.append(
@@ -332,7 +385,7 @@ def comparison_lines(final: Mapping[str, Any], baselines: Mapping[str, Any]) -> 
             f"{100 * (t['ne'] - bayes) / bayes:.2f}% above it"
         )
     for name, b in baselines.items():
-        gain = 100 * (b["test"]["ne"] - t["ne"]) / b["test"]["ne"]
+        gain = versus(final, b)
         verdict = (
             "beats"
             if t["auc"] > b["test"]["auc"] and t["logloss"] < b["test"]["logloss"]
@@ -341,7 +394,7 @@ def comparison_lines(final: Mapping[str, Any], baselines: Mapping[str, Any]) -> 
         lines.append(
             f"vs {name}: {verdict} it on test AUC and log loss ({t['auc']:.4f} vs "
             f"{b['test']['auc']:.4f}, {t['logloss']:.4f} vs {b['test']['logloss']:.4f}); NE gain "
-            f"{gain:+.2f}%; FLOPs ratio {final['flops'] / max(b['flops'], 1):.3f}"
+            f"{gain['ne_gain_pct']:+.2f}%; FLOPs ratio {gain['flops_ratio']:.3f}"
             + _recipe_note(b.get("recipe_differs", {}))
         )
     return lines
@@ -410,17 +463,26 @@ def finalize(
     root = output_dir / "final"
     space_cfg = OmegaConf.to_container(cfg.search_space, resolve=True)
     candidates = finalist_archs(
-        space, outcome, final.finalists, target_flops, final.draws, int(cfg.seed), final.near_target
+        space,
+        outcome,
+        final.finalists,
+        target_flops,
+        final.draws,
+        int(cfg.seed),
+        final.near_target,
     )
     files = []
     for i, arch in enumerate(candidates):
         files.append(root / "finalists" / f"arch{i}.json")
         atomic_write_text(files[-1], arch.to_json() + "\n")
     log.info(
-        "final: %d finalists (FLOPs %s) within target %s",
+        "final: %d finalists (FLOPs %s) within target %s%s",
         len(candidates),
         [space.flops(a) for a in candidates],
         target_flops,
+        f"; finalist {candidates.index(space_seed(space))} is the space's seed"
+        if space_seed(space) in candidates
+        else "",
     )
     by_index = dict(enumerate(candidates))
 
@@ -443,16 +505,39 @@ def finalize(
         else []
     )
     winner = rungs[-1].candidates[0] if rungs else 0
-    winner_runs = [
-        retrain(
-            root / f"winner_s{s}",
-            recipe_config(cfg, final, arch_model(space_cfg, files[winner]), s, final.max_epochs),
+    arch, arch_file, name = candidates[winner], files[winner], "winner"
+
+    def full(name: str, arch_file: Path, seed: int) -> dict[str, Any]:
+        model = arch_model(space_cfg, arch_file)
+        return retrain(
+            root / f"{name}_s{seed}", recipe_config(cfg, final, model, seed, final.max_epochs)
         )
-        for s in final.seeds
-    ]
+
+    first = full(name, arch_file, final.seeds[0])
+    seed_arch = eligible_seed(space, target_flops) if final.include_seed else None
+    race = None
+    if seed_arch is not None and seed_arch != arch:
+        seed_file = root / "finalists" / "seed.json"
+        atomic_write_text(seed_file, seed_arch.to_json() + "\n")
+        seed_run = full("seed", seed_file, final.seeds[0])
+        race = {"seed_val_ne": seed_run["val"]["ne"], "searched_val_ne": first["val"]["ne"]}
+        # the searched model has to beat the model the space was grown from to replace it
+        if seed_run["val"]["ne"] <= first["val"]["ne"]:
+            arch, arch_file, name, first = seed_arch, seed_file, "seed", seed_run
+        race["winner"] = "seed" if name == "seed" else "searched"
+        log.info(
+            "final: under the full recipe the halving's winner has val NE %.4f, the space's "
+            "seed %.4f: the %s is the final model",
+            race["searched_val_ne"],
+            race["seed_val_ne"],
+            "seed" if name == "seed" else "searched model",
+        )
+    winner_runs = [first, *(full(name, arch_file, s) for s in final.seeds[1:])]
     found = {
-        "arch": candidates[winner].to_dict(),
-        "arch_file": str(files[winner]),
+        "arch": arch.to_dict(),
+        "arch_file": str(arch_file),
+        "is_seed": arch == space_seed(space),
+        "seed_race": race,
         "target_flops": target_flops,
         **summary(winner_runs),
     }
@@ -484,7 +569,7 @@ def finalize(
         ]
         baselines[name] = summary(runs)
     if final.export:
-        model = load_trained(space, candidates[winner], winner_runs[0]["best_epoch_checkpoint"])
+        model = load_trained(space, arch, winner_runs[0]["best_epoch_checkpoint"])
         dense, sparse, _ = next(iter(datamodule.val_dataloader()))
         path = output_dir / "final_model.pt2"
         found["export"] = {
@@ -496,7 +581,8 @@ def finalize(
         "final": found,
         "baselines": baselines,
         "final_candidates": [
-            {"arch": a.to_dict(), "flops": int(space.flops(a))} for a in candidates
+            {"arch": a.to_dict(), "flops": int(space.flops(a)), "is_seed": a == space_seed(space)}
+            for a in candidates
         ],
         "final_halving": [
             {"epochs": r.budget, "finalists": r.candidates, "val_ne": r.scores} for r in rungs
