@@ -6,7 +6,6 @@ import json
 import logging
 import sys
 import time
-from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,6 +23,7 @@ from torch import nn
 from rankitect.checkpoint import AtomicCheckpointIO, resolve_resume
 from rankitect.io import write_json
 from rankitect.lit import CTRModule
+from rankitect.system import apply_threads, check_system, prepare_model
 
 log = logging.getLogger(__name__)
 
@@ -176,20 +176,32 @@ def metrics_of(result: list[dict[str, float]], prefix: str) -> dict[str, float]:
     return {k.split("/", 1)[1]: float(v) for k, v in result[0].items() if k.startswith(prefix)}
 
 
+def trainer_options(trainer: DictConfig) -> dict[str, Any]:
+    """``cfg.trainer`` as `lightning.Trainer` keyword arguments; a ``strategy`` given as a
+    config with ``_target_`` (e.g. a DDPStrategy with its ``bucket_cap_mb``) is built."""
+    options = dict(trainer)
+    strategy = options.get("strategy")
+    if isinstance(strategy, DictConfig) and "_target_" in strategy:
+        options["strategy"] = instantiate(strategy)
+    return options
+
+
 def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Fit ``cfg.model`` on ``cfg.data``, test the best checkpoint, write ``results.json``."""
     output_dir = Path(output_dir)
     L.seed_everything(cfg.seed, workers=True)
+    system = check_system(cfg.get("system"))
+    apply_threads(system)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    build_model = instantiate(cfg.model)
+    model_config = instantiate(cfg.model)
     checkpoint = ModelCheckpoint(
         dirpath=output_dir / "checkpoints", monitor="val/auc", mode="max", save_last=True
     )
     early_stop = EarlyStopping(monitor="val/auc", mode="max", patience=cfg.early_stopping.patience)
     logger = build_logger(cfg.get("logger"), output_dir, OmegaConf.to_container(cfg, resolve=True))
-    options, progress = progress_options(dict(cfg.trainer))
+    options, progress = progress_options(trainer_options(cfg.trainer))
     trainer = L.Trainer(
         **options,
         logger=logger,
@@ -198,13 +210,16 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         default_root_dir=str(output_dir),
     )
     refuse_relaunch_in_multirun(trainer)
-    model = build_model(spec=datamodule.feature_spec)
+    def build_model() -> nn.Module:
+        return prepare_model(system, model_config(spec=datamodule.feature_spec))
+
+    model = build_model()
     if isinstance(trainer.strategy, FSDPStrategy):
         # FSDP builds the model in CTRModule.configure_model, on the device and under its
         # sharding context; `model` stays a host copy for FLOPs and the parameter count. Other
         # strategies take the built model: ddp_spawn loads the workers' weights back into this
         # process's module, which must already hold it.
-        module = CTRModule(partial(build_model, spec=datamodule.feature_spec), **cfg.module)
+        module = CTRModule(build_model, **cfg.module)
     else:
         module = CTRModule(model, **cfg.module)
     start = time.perf_counter()

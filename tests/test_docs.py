@@ -59,7 +59,7 @@ from test_readme import (
 ROOT = Path(__file__).resolve().parents[1]
 # search before training and report (they read its runs); every doc is listed (tested)
 ORDER = ("data", "search", "training", "sampling", "distributed", "space", "report", "automl",
-         "models", "robustness", "benchmarks")  # fmt: skip
+         "system", "models", "robustness", "benchmarks")  # fmt: skip
 FENCE = re.compile(r"```(\S*)\s*")
 NOT_RUN = re.compile(r"<!-- not-run: (\S.*) -->")
 MULTI_PROCESS = {"ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "fsdp"}

@@ -5,11 +5,13 @@ The killed process runs ``rankitect-search`` with ``torch.save`` wrapped: at the
 (drawn from a seeded RNG) it writes half of the checkpoint's bytes, then SIGKILLs itself, as a
 power cut or an OOM kill in the middle of a save would. Checkpoints come every 3 steps, so the
 surviving ``last.ckpt`` is a mid-epoch one and the resumed run must continue the interrupted
-epoch's batch order exactly (`ResumableDataLoader`).
+epoch's batch order exactly (`CTRDataModule`'s training loader is torchdata's
+`StatefulDataLoader` over the resumable `BatchIndexSampler`).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -21,10 +23,11 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 
 from rankitect.checkpoint import temp_files
 from rankitect.cli.config import conf_dir
-from rankitect.data.datamodule import CTRDataModule
+from rankitect.data.datamodule import CTRDataModule, ResumableLoader, SplitBatches
 from rankitect.data.synthetic import SyntheticCTR
 from rankitect.search.run import search
 
@@ -147,31 +150,133 @@ def test_resume_names_a_missing_checkpoint(tmp_path):
 # ---- the mid-epoch data order ------------------------------------------------------------------
 
 
-def test_a_resumed_loader_continues_the_interrupted_epochs_permutation():
+def _train_loader(num_workers: int):
     src = SyntheticCTR(n_train=200, n_val=10, n_test=10, seed=0)
-    dm = CTRDataModule(src, batch_size=32, cache=False, seed=4)  # 7 batches, the last of 8
+    dm = CTRDataModule(src, batch_size=32, cache=False, seed=4, num_workers=num_workers)
     dm.setup("fit")
-    loader = dm.train_dataloader()
-    loader.sampler.set_epoch(2)
-    labels = [b[2] for b in loader]
+    return dm.train_dataloader()  # 7 batches, the last of 8 rows
+
+
+def _through_a_checkpoint(state: dict) -> dict:
+    """``state`` saved and loaded as Lightning does in a checkpoint."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def _epoch(num_workers: int, epoch: int) -> list[torch.Tensor]:
+    loader = _train_loader(num_workers)
+    loader.sampler.set_epoch(epoch)
+    return [b[2] for b in loader]
+
+
+def _same(got: list[torch.Tensor], want: list[torch.Tensor]) -> bool:
+    return len(got) == len(want) and all(map(torch.equal, got, want))
+
+
+def _resumed(num_workers: int, state: dict, epoch: int):
+    """A fresh process's loader given ``state`` as Lightning gives it: ``load_state_dict``,
+    ``iter()``, then the sampler's ``set_epoch``."""
+    loader = _train_loader(num_workers)
+    loader.load_state_dict(_through_a_checkpoint(state))
+    it = iter(loader)
+    loader.sampler.set_epoch(epoch)
+    return loader, it
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_resumed_loader_continues_the_interrupted_epochs_permutation(num_workers, monkeypatch):
+    labels = _epoch(num_workers, 2)
+    loader = _train_loader(num_workers)
     loader.sampler.set_epoch(2)
     it = iter(loader)
     for _ in range(3):
         next(it)
     state = loader.state_dict()
-    assert state == {"batches": 3}
+    del it, loader
 
-    fresh = CTRDataModule(src, batch_size=32, cache=False, seed=4)
-    fresh.setup("fit")
-    resumed = fresh.train_dataloader()
+    gathers = []
+    real_getitem = SplitBatches.__getitem__
+    monkeypatch.setattr(
+        SplitBatches, "__getitem__", lambda ds, idx: gathers.append(1) or real_getitem(ds, idx)
+    )
+    resumed, it = _resumed(num_workers, state, 2)
+    assert _same([next(it)[2] for _ in range(2)], labels[3:5])
+    if num_workers == 0:  # (a worker's gathers are not seen here)
+        assert len(gathers) == 2  # the three skipped batches were not fetched
+    # killed again: the state of a resumed pass counts the batches before the resume too
+    state = resumed.state_dict()
+    del it, resumed
+    resumed, it = _resumed(num_workers, state, 2)
+    assert _same([next(it)[2] for _ in range(2)], labels[5:])
+    # the skip applies once: the next epoch is whole
+    resumed.sampler.set_epoch(3)
+    assert _same([b[2] for b in resumed], _epoch(num_workers, 3))
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_loader_saved_on_its_last_batch_resumes_at_the_next_epoch(num_workers):
+    loader = _train_loader(num_workers)
+    loader.sampler.set_epoch(2)
+    it = iter(loader)
+    for _ in range(len(loader)):  # Lightning stops at the length, before StopIteration
+        next(it)
+    state = loader.state_dict()
+    del it, loader
+    _, it = _resumed(num_workers, state, 3)
+    assert _same([next(it)[2] for _ in range(7)], _epoch(num_workers, 3))
+
+
+def _rank_loader(num_workers: int, rank: int):
+    """The training loader of rank ``rank`` of 2 as Lightning builds it under DDP: the same
+    loader class over its `DistributedSamplerWrapper` of the data module's sampler."""
+    plain = _train_loader(num_workers)
+    sampler = DistributedSamplerWrapper(plain.sampler, num_replicas=2, rank=rank, shuffle=True)
+    return ResumableLoader(
+        plain.dataset,
+        batch_size=None,
+        sampler=sampler,
+        collate_fn=plain.collate_fn,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_resumed_rank_continues_its_share_of_a_later_epoch(rank, num_workers):
+    """Lightning's wrapper has no state: torchdata skips as many of its batches, and must list
+    them at the resumed epoch (Lightning sets it after ``iter()``)."""
+    loader = _rank_loader(num_workers, rank)
+    loader.sampler.set_epoch(2)
+    labels = [b[2] for b in loader]
+    assert len(labels) == 4  # 7 batches over 2 ranks, one repeated
+    loader = _rank_loader(num_workers, rank)
+    loader.sampler.set_epoch(2)
+    it = iter(loader)
+    next(it)
+    state = _through_a_checkpoint(loader.state_dict())
+    del it, loader
+    resumed = _rank_loader(num_workers, rank)
     resumed.load_state_dict(state)
+    it = iter(resumed)
     resumed.sampler.set_epoch(2)
-    rest = [b[2] for b in resumed]
-    assert len(rest) == 4
-    assert all(torch.equal(a, b) for a, b in zip(rest, labels[3:], strict=True))
-    assert resumed.state_dict() == {"batches": 7}
-    # the skip applies once: the next pass is a whole epoch
-    assert len(list(resumed)) == 7
-    # a finished pass resumes at the next epoch, whole
-    resumed.load_state_dict({"batches": 7})
-    assert len(list(resumed)) == 7
+    assert _same([b[2] for b in it], labels[1:])
+
+
+def test_a_loader_between_passes_gives_its_state_without_touching_the_global_rng():
+    """A search's checkpoint saves the global RNG right after the loader's state: asking it
+    must not draw (torchdata would build an iterator for it, drawing its seed)."""
+    loader = _train_loader(0)
+    rng = torch.get_rng_state()
+    assert loader.state_dict() == {}  # no pass under way: the next starts afresh
+    assert torch.equal(torch.get_rng_state(), rng)
+    it = iter(loader)
+    next(it)
+    state = loader.state_dict()
+    resumed = _train_loader(0)
+    resumed.load_state_dict(state)
+    rng = torch.get_rng_state()
+    assert resumed.state_dict() == state  # loaded, not yet resumed: the same position
+    assert torch.equal(torch.get_rng_state(), rng)

@@ -85,12 +85,14 @@ _TIPS = _DropTips()
 
 def quiet_third_party() -> None:
     """Silence what every run would print but no user can act on: Lightning 2.6's own use of a
-    torch class deprecated in torch 2.13, and Lightning's product tips."""
+    torch class deprecated in torch 2.13, torchdata 0.11's call of the deprecated
+    ``torch.set_vital`` in every `StatefulDataLoader`, and Lightning's product tips."""
     warnings.filterwarnings(
         "ignore",
         message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
         category=FutureWarning,
     )
+    warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
     # lightning_utilities logs rank-zero messages through whichever of these it was given last.
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)

@@ -13,6 +13,7 @@ import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from rankitect.data.cache import PreprocessCache
 from rankitect.data.source import SPLITS, CTRData, CTRSource, CTRSplit, OnBadRow, check_on_bad_row
@@ -28,7 +29,17 @@ class BatchIndexSampler(Sampler[torch.Tensor]):
     """Yields whole batches of row indices (int64 tensors), so fetching a batch is one gather.
 
     With ``shuffle`` each epoch is a fresh permutation drawn from ``(seed, epoch)``. Lightning
-    calls `set_epoch` before each epoch; without it every pass advances to the next epoch.
+    calls `set_epoch` before each epoch, and from the first call on the sampler stays at the
+    epoch set, as torch's `DistributedSampler` does: DataLoader iterators may iterate a sampler
+    twice for one pass (Lightning's `DistributedSamplerWrapper` lists its sampler's batches at
+    each ``iter()``). Without `set_epoch` every pass advances to the next epoch.
+
+    Resumable mid-epoch: ``state_dict()`` is the epoch of the pass under way and the batches it
+    has yielded; a sampler given it by ``load_state_dict`` starts its next pass at the next of
+    that pass's batches, without drawing the skipped ones' rows. torchdata's
+    `StatefulDataLoader` (the training loader of `CTRDataModule`) saves and restores the
+    sampler through these two methods, also with worker processes, since the sampler runs in
+    the main process.
     """
 
     def __init__(
@@ -38,22 +49,42 @@ class BatchIndexSampler(Sampler[torch.Tensor]):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
         self.seed, self.drop_last, self.epoch = seed, drop_last, 0
+        self._epoch_set = False  # set_epoch was called: no advancing by itself
+        self._skip = 0  # batches the next pass skips (set by load_state_dict)
+        self._pass_epoch: int | None = None  # the pass under way, if one has started
+        self._yielded = 0  # batches that pass has yielded
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch, self._epoch_set = epoch, True
 
     def __len__(self) -> int:
         return self.n // self.batch_size if self.drop_last else math.ceil(self.n / self.batch_size)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
+        epoch, skip = self.epoch, self._skip
+        self.epoch, self._skip = epoch + (not self._epoch_set), 0
+        self._pass_epoch, self._yielded = epoch, skip
         if self.shuffle:
             g = torch.Generator()
-            g.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
+            g.manual_seed(int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0]))
             order = torch.randperm(self.n, generator=g)
         else:
             order = torch.arange(self.n)
-        self.epoch += 1
-        yield from order[: len(self) * self.batch_size].split(self.batch_size)
+        for batch in order[: len(self) * self.batch_size].split(self.batch_size)[skip:]:
+            # counted before the yield: a worker loader takes the state right after a draw
+            self._yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        if self._pass_epoch is None:  # no pass since construction or load_state_dict
+            return {"epoch": self.epoch, "batches": self._skip}
+        return {"epoch": self._pass_epoch, "batches": self._yielded}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        epoch, batches = int(state["epoch"]), int(state["batches"])
+        if batches >= len(self):  # a finished pass (saved on its last batch): the next epoch
+            epoch, batches = epoch + 1, 0
+        self.epoch, self._skip, self._pass_epoch = epoch, batches, None
 
 
 class SplitBatches(Dataset):
@@ -74,34 +105,30 @@ def _keep(batch: Batch) -> Batch:
     return batch  # the batch is already collated; a module-level function pickles for workers
 
 
-class ResumableDataLoader(DataLoader):
-    """A DataLoader that Lightning can resume mid-epoch.
+class ResumableLoader(StatefulDataLoader):
+    """torchdata's `StatefulDataLoader` (the training loader), building its iterator at the first
+    batch rather than at ``iter()``, and never just to answer ``state_dict()``.
 
-    Lightning saves ``state_dict()`` of a train loader that has one into every checkpoint and,
-    resuming mid-epoch, hands it back through ``load_state_dict`` before the interrupted epoch's
-    pass begins. The state is the number of batches this pass has yielded so far (Lightning
-    does not pre-fetch from loaders of known length, so that is the number trained on); the
-    resumed pass, which draws the same permutation (`BatchIndexSampler`: from ``(seed,
-    epoch)``), skips that many. Skipped batches are still fetched, so skipping works on any
-    sampler, including Lightning's distributed wrapper, at the cost of one gather each.
+    Lightning saves the loader's ``state_dict()`` into every checkpoint and, on a mid-epoch
+    resume, hands it back with ``load_state_dict``, calls ``iter()`` and only then the
+    sampler's ``set_epoch``. `StatefulDataLoader` restores the sampler position when the
+    iterator is built: with the `BatchIndexSampler` from its own state (epoch included), but
+    under DDP Lightning wraps the sampler in a `DistributedSamplerWrapper`, which has no state,
+    and torchdata skips that many of the wrapper's batches; built at ``iter()``, the wrapper
+    would still be at epoch 0 and a resume in a later epoch would continue another permutation.
     """
 
-    _yielded = 0
-    _skip = 0
-
     def __iter__(self) -> Iterator[Batch]:
-        skip, self._skip, self._yielded = self._skip, 0, 0
-        for i, batch in enumerate(super().__iter__()):
-            if i >= skip:
-                self._yielded = i + 1
-                yield batch
+        yield from super().__iter__()
 
-    def state_dict(self) -> dict[str, int]:
-        return {"batches": self._yielded}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        # A finished pass (a checkpoint on the epoch's last batch) resumes at the next epoch.
-        self._skip = int(state["batches"]) % len(self)
+    def state_dict(self) -> dict[str, Any]:
+        # Without an iterator (before the first batch; after the fit, when Lightning has dropped
+        # it) torchdata would build one to ask, drawing a seed from the global RNG, which a
+        # search's checkpoint saves just after, and starting workers. No pass is under way then:
+        # the next starts afresh at the epoch Lightning sets, or where a loaded state says.
+        if self._iterator is None:
+            return self.next_iter_state or {}
+        return super().state_dict()
 
 
 def check_loader_options(
@@ -278,7 +305,10 @@ class CTRDataModule(L.LightningDataModule):
             seed=self.seed,
             drop_last=train and self.drop_last,
         )
-        return ResumableDataLoader(
+        # Lightning checkpoints the state of a train loader that has one and restores it on a
+        # mid-epoch resume; StatefulDataLoader's state holds the sampler's (epoch, batches).
+        loader = ResumableLoader if train else DataLoader
+        return loader(
             SplitBatches(data),
             batch_size=None,  # the sampler yields whole batches
             sampler=sampler,

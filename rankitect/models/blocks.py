@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint_sequential
 
 from rankitect.data.spec import FeatureSpec
 from rankitect.models.embedding import FeatureEmbedding
@@ -89,8 +90,14 @@ class MLP(nn.Module):
         self._dims = dims
         self._bn_features = sum(hidden) if batch_norm else 0
         self.out_features = dims[-1]
+        # Activation checkpointing (`rankitect.system`): one segment per layer, so only each
+        # segment's input is kept for the backward pass, which recomputes the rest.
+        self.activation_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activation_checkpointing and torch.is_grad_enabled() and len(self._dims) > 2:
+            segments = len(self._dims) - 1
+            return checkpoint_sequential(self.layers, segments, x, use_reentrant=False)
         return self.layers(x)
 
     def flops(self) -> int:

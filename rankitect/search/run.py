@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from rankitect.checkpoint import AtomicCheckpointIO, resolve_resume
 from rankitect.io import write_json
-from rankitect.search.finalize import FinalConfig, comparison_lines, finalize
+from rankitect.loggers import log_search_artifact
+from rankitect.search.finalize import FinalConfig, comparison_lines, final_comparison, finalize
 from rankitect.search.method import SearchMethod
 from rankitect.search.outcome import SearchOutcome, plot_final, write_search_results
 from rankitect.search.sanity import comparison, target_flops_of, unreachable_target, unsearched
@@ -133,6 +134,7 @@ def search(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     results = {}
     if trainer.is_global_zero:
         results = write_and_finalize(cfg, space, outcome, method.name, meta, datamodule, output_dir)
+        log_search_artifact(logger, output_dir, final_comparison(results))
     finish_logger(logger, output_dir)
     return results
 
@@ -174,7 +176,9 @@ def _run_method(
     warnings: list[str],
 ) -> dict[str, Any]:
     """A method that is not one Lightning fit (sampling-based search) runs itself:
-    ``method.run(space, datamodule, cfg, output_dir) -> SearchOutcome``."""
+    ``method.run(space, datamodule, cfg, output_dir) -> SearchOutcome``. Its logger records
+    the config and, at the end, what a fit's does (no training curves)."""
+    logger = build_logger(cfg.get("logger"), output_dir, OmegaConf.to_container(cfg, resolve=True))
     start, cpu_start = time.perf_counter(), cpu_seconds()
     outcome = method.run(space, datamodule, cfg, output_dir)
     meta = {
@@ -185,7 +189,12 @@ def _run_method(
         "config": OmegaConf.to_container(cfg, resolve=True),
         "warnings": warnings,
     }
-    return write_and_finalize(cfg, space, outcome, method.name, meta, datamodule, output_dir)
+    results = write_and_finalize(cfg, space, outcome, method.name, meta, datamodule, output_dir)
+    if logger:
+        logger.finalize("success")  # a trainer would: the CSV logger writes its files here
+        log_search_artifact(logger, output_dir, final_comparison(results))
+    finish_logger(logger, output_dir)
+    return results
 
 
 def search_target(cfg: DictConfig, space: Any, outcome: SearchOutcome) -> float | None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from rankitect.models.embedding import FeatureEmbedding
 from rankitect.space.arch import DENSE, SPARSE, Arch, ChoiceArch, choice_input
@@ -257,6 +258,8 @@ class ChoiceNet(nn.Module):
     embedding: FeatureEmbedding | None
     pairs: nn.ModuleDict
     classifier: Classifier
+    # set by `rankitect.system.enable_activation_checkpointing`
+    activation_checkpointing: bool = False
 
     def choice(self, c: int) -> SuperChoice:
         raise NotImplementedError
@@ -302,7 +305,16 @@ class ChoiceNet(nn.Module):
             return projected[key]
 
         for c in arch.reachable():
-            out = self.choice(c).hard(c, arch.choices[c], plan, outs, project)
+            ch, hard = arch.choices[c], self.choice(c).hard
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                # Recompute each Choice in the backward pass instead of keeping its
+                # activations; its pair projection is computed (and cached) outside, else
+                # the recomputation would find it cached and save fewer tensors.
+                if ch.block in PAIRWISE_BLOCKS:
+                    project(ch.left, ch.right)
+                out = checkpoint(hard, c, ch, plan, outs, project, use_reentrant=False)
+            else:
+                out = hard(c, ch, plan, outs, project)
             p = self.dropout(c)
             outs[choice_input(c)] = F.dropout(out, p, self.training) if p else out
         last = choice_input(len(arch.choices) - 1)
