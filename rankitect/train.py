@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
-import sys
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from rankitect.callbacks.progress import with_progress
 from rankitect.checkpoint import AtomicCheckpointIO, resolve_resume
+from rankitect.cli.config import conf_dir
 from rankitect.io import write_json
 from rankitect.lit import CTRModule
 from rankitect.system import apply_threads, check_system, prepare_model
@@ -115,55 +117,70 @@ class FitProgress(Callback):
         trainer.callback_metrics["fit/epochs"] = torch.tensor(trainer.current_epoch)
 
 
-class LogProgress(Callback):
-    """Progress as log lines, where a progress bar would be written to a file or a pipe (and
-    become one endless line): every ``every_s`` seconds of training and after every
-    validation, the epoch, the step (of the total when known) and the metrics the bar shows."""
-
-    def __init__(self, every_s: float = 30.0) -> None:
-        self.every_s = float(every_s)
-        self._last = 0.0
-
-    def _log(self, trainer: L.Trainer, what: str) -> None:
-        if not trainer.is_global_zero:
-            return
-        total = trainer.estimated_stepping_batches
-        of = f"/{int(total)}" if total != float("inf") else ""
-        metrics = ", ".join(
-            f"{k}={float(v):.4g}" for k, v in sorted(trainer.progress_bar_metrics.items())
-        )
-        log.info(
-            "%s: epoch %d, step %d%s%s",
-            what,
-            trainer.current_epoch,
-            trainer.global_step,
-            of,
-            f": {metrics}" if metrics else "",
-        )
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._last = time.monotonic()
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if time.monotonic() - self._last >= self.every_s:
-            self._last = time.monotonic()
-            self._log(trainer, "training")
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._log(trainer, "validated")
+def group_config(group: str, name: str) -> DictConfig:
+    """``conf/<group>/<name>.yaml`` as Hydra composes it, for configs built outside a Hydra run
+    (the final stage's retrains): its defaults list may name configs of the same group only
+    (as ``conf/callbacks/default.yaml`` does)."""
+    cfg = OmegaConf.load(conf_dir() / group / f"{name}.yaml")
+    defaults = list(cfg.pop("defaults", None) or [])
+    if "_self_" not in defaults:
+        defaults.append("_self_")
+    out = OmegaConf.create()
+    for entry in defaults:
+        out = OmegaConf.merge(out, cfg if entry == "_self_" else group_config(group, entry))
+    return out
 
 
-def progress_options(
-    options: dict[str, Any], stream: IO[str] | None = None
-) -> tuple[dict[str, Any], list[Callback]]:
-    """Trainer options and callbacks for progress: Lightning's bar when its ``stream`` (stderr)
-    is a terminal, `LogProgress` lines in its place otherwise; nothing when the config turns
-    the bar off (``trainer.enable_progress_bar=false``)."""
-    stream = sys.stderr if stream is None else stream
-    if not options.get("enable_progress_bar", True) or stream.isatty():
-        return options, []
-    return {**options, "enable_progress_bar": False}, [LogProgress()]
+# Moved into the callbacks group (conf/callbacks/early_stopping.yaml).
+RENAMED = {"early_stopping": "callbacks.early_stopping (e.g. callbacks.early_stopping.patience)"}
+
+
+def with_output_dir(cfg: DictConfig, output_dir: Path, callbacks: str = "default") -> DictConfig:
+    """A copy of ``cfg`` with ``paths.output_dir`` the run directory the run writes to, so that
+    ``${paths.output_dir}`` (the checkpoints' ``dirpath``) resolves in-process and in the
+    final stage's retrains as in a Hydra run. A config without ``callbacks`` (written by hand,
+    or by an older version) gets ``conf/callbacks/<callbacks>.yaml``; a key of an older config
+    that has moved is an error saying where it went."""
+    for old, new in RENAMED.items():
+        if old in cfg:
+            raise ValueError(f"config key {old!r} has moved to {new}: see docs/training.md")
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        OmegaConf.update(cfg, "paths.output_dir", str(output_dir), force_add=True)
+        if "callbacks" not in cfg:
+            cfg.callbacks = group_config("callbacks", callbacks)
+    return cfg
+
+
+def build_callbacks(cfg: DictConfig) -> list[Callback]:
+    """The callbacks of ``cfg`` (``cfg.callbacks``: name -> a config with ``_target_``), built
+    with `hydra.utils.instantiate`; an entry set to null is skipped."""
+    callbacks = []
+    for name, entry in (cfg.get("callbacks") or {}).items():
+        if entry is None:
+            continue
+        if not isinstance(entry, DictConfig) or "_target_" not in entry:
+            raise ValueError(
+                f"callbacks.{name}: a callback config needs a _target_ (a Callback class or a "
+                f"function returning one), got {entry!r}"
+            )
+        callback = instantiate(entry)
+        if not isinstance(callback, Callback):
+            raise ValueError(
+                f"callbacks.{name}: {entry._target_} built a {type(callback).__name__}, "
+                "not a lightning Callback"
+            )
+        callbacks.append(callback)
+    return callbacks
+
+
+def build_module(cfg: DictConfig, model: Any, **overrides: Any) -> L.LightningModule:
+    """``cfg.module`` (``conf/module/ctr.yaml``: a `CTRModule` partial) called with ``model``;
+    a ``module`` block without ``_target_`` (an older config) gives its keys to `CTRModule`."""
+    node = cfg.module
+    if "_target_" not in node:
+        return CTRModule(model, **{**node, **overrides})
+    return instantiate(node, **overrides)(model)
 
 
 def fit_progress(trainer: L.Trainer) -> tuple[int, int]:
@@ -189,6 +206,7 @@ def trainer_options(trainer: DictConfig) -> dict[str, Any]:
 def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Fit ``cfg.model`` on ``cfg.data``, test the best checkpoint, write ``results.json``."""
     output_dir = Path(output_dir)
+    cfg = with_output_dir(cfg, output_dir)
     L.seed_everything(cfg.seed, workers=True)
     system = check_system(cfg.get("system"))
     apply_threads(system)
@@ -196,20 +214,26 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup("fit")
     model_config = instantiate(cfg.model)
-    checkpoint = ModelCheckpoint(
-        dirpath=output_dir / "checkpoints", monitor="val/auc", mode="max", save_last=True
-    )
-    early_stop = EarlyStopping(monitor="val/auc", mode="max", patience=cfg.early_stopping.patience)
     logger = build_logger(cfg.get("logger"), output_dir, OmegaConf.to_container(cfg, resolve=True))
-    options, progress = progress_options(trainer_options(cfg.trainer))
+    # cfg.callbacks (conf/callbacks/default.yaml: checkpoint, early stopping, progress), and
+    # FitProgress, built here: fit_progress reads what it records, under any callbacks config.
+    callbacks = [*build_callbacks(cfg), FitProgress()]
+    options, callbacks = with_progress(trainer_options(cfg.trainer), callbacks)
     trainer = L.Trainer(
         **options,
         logger=logger,
-        callbacks=[checkpoint, early_stop, FitProgress(), *progress],
+        callbacks=callbacks,
+        # AtomicCheckpointIO: a checkpoint is never left half-written (resume needs a whole one)
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(output_dir),
     )
     refuse_relaunch_in_multirun(trainer)
+    # the checkpoint whose best epoch is tested (the first that monitors a metric); none: the
+    # last weights are
+    checkpoint = next(
+        (c for c in trainer.checkpoint_callbacks if getattr(c, "monitor", None)), None
+    )
+
     def build_model() -> nn.Module:
         return prepare_model(system, model_config(spec=datamodule.feature_spec))
 
@@ -219,15 +243,15 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         # sharding context; `model` stays a host copy for FLOPs and the parameter count. Other
         # strategies take the built model: ddp_spawn loads the workers' weights back into this
         # process's module, which must already hold it.
-        module = CTRModule(build_model, **cfg.module)
+        module = build_module(cfg, build_model)
     else:
-        module = CTRModule(model, **cfg.module)
+        module = build_module(cfg, model)
     start = time.perf_counter()
     resume = resolve_resume(cfg.get("resume"), output_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume, weights_only=True)
     fit_seconds = time.perf_counter() - start
     steps, epochs = fit_progress(trainer)
-    best = {"ckpt_path": "best", "weights_only": True, "verbose": False}
+    best = {"ckpt_path": "best" if checkpoint else None, "weights_only": True, "verbose": False}
     val = trainer.validate(module, datamodule=datamodule, **best)
     test = trainer.test(module, datamodule=datamodule, **best)
 
@@ -240,7 +264,7 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         "test": metrics_of(test, "test/"),
         "epochs": epochs,
         "steps": steps,
-        "best_epoch_checkpoint": checkpoint.best_model_path,
+        "best_epoch_checkpoint": checkpoint.best_model_path if checkpoint else None,
         "fit_seconds": round(fit_seconds, 2),
         "seed": int(cfg.seed),
         "config": OmegaConf.to_container(cfg, resolve=True),

@@ -170,7 +170,10 @@ def test_lightning_fit_and_test_the_way_the_cli_does():
 
 def _config(name, **overrides):
     cfg = OmegaConf.load(REPO / "conf" / "data" / f"{name}.yaml")
-    return OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))
+    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([f"{k}={v}" for k, v in overrides.items()]))
+    # a data config's ${paths.data_dir} is of the composed config (conf/paths/default.yaml)
+    paths = OmegaConf.load(REPO / "conf" / "paths" / "default.yaml")
+    return OmegaConf.create({"paths": paths, "data": cfg}).data
 
 
 def test_synthetic_config_instantiates_a_datamodule():

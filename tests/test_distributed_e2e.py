@@ -33,6 +33,7 @@ from rankitect.lit import CTRModule, DNASModule, SupernetModule
 from rankitect.search.run import trainer_options
 from rankitect.space import generic_space
 from rankitect.space.supernet import Supernet
+from rankitect.train import build_module
 
 BIN = Path(sys.executable).parent
 CPU2 = ["trainer.accelerator=cpu", "trainer.devices=2"]
@@ -115,7 +116,7 @@ def test_train_under_ddp_evaluates_like_one_process(tmp_path):
         cfg = compose("train", overrides=TRAIN)
     datamodule = instantiate(cfg.data)
     datamodule.setup("fit")
-    module = CTRModule(instantiate(cfg.model)(spec=datamodule.feature_spec), **cfg.module)
+    module = build_module(cfg, instantiate(cfg.model)(spec=datamodule.feature_spec))
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
     ckpt = results["best_epoch_checkpoint"]
     for split, evaluate in (("val", trainer.validate), ("test", trainer.test)):

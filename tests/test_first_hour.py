@@ -17,8 +17,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import TQDMProgressBar
 from omegaconf import OmegaConf
 
+from rankitect.callbacks.progress import LogProgress, progress_callback, with_progress
 from rankitect.cli.config import conf_dir
 from rankitect.cli.entry import console_script, quiet_third_party, user_error_message
 from rankitect.data import DataFormatError, FeatureSpec
@@ -26,7 +28,6 @@ from rankitect.data.synthetic import SyntheticCTR
 from rankitect.search.outcome import curves_figure
 from rankitect.search.sanity import cheapest, unreachable_target, unsearched
 from rankitect.space import Arch, build_arch_model, load_space
-from rankitect.train import LogProgress, progress_options
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["data.source.n_train=512", "data.source.n_val=128", "data.source.n_test=128"]
@@ -218,12 +219,14 @@ class _Terminal(io.StringIO):
 
 
 def test_progress_is_log_lines_when_stderr_is_not_a_terminal(caplog):
-    options, callbacks = progress_options({"enable_progress_bar": True}, io.StringIO())
+    def progress(options, stream):  # what conf/callbacks/progress.yaml builds, then the trainer
+        return with_progress(options, [progress_callback(stream=stream)])
+
+    options, callbacks = progress({"enable_progress_bar": True}, io.StringIO())
     assert options["enable_progress_bar"] is False and isinstance(callbacks[0], LogProgress)
-    assert progress_options({"enable_progress_bar": True}, _Terminal()) == (
-        {"enable_progress_bar": True}, [],
-    )  # fmt: skip
-    assert progress_options({"enable_progress_bar": False}, io.StringIO())[1] == []
+    options, callbacks = progress({"enable_progress_bar": True}, _Terminal())
+    assert options == {"enable_progress_bar": True} and isinstance(callbacks[0], TQDMProgressBar)
+    assert progress({"enable_progress_bar": False}, io.StringIO())[1] == []
 
     from rankitect.lit import CTRModule
     from rankitect.models import LR

@@ -151,7 +151,12 @@ def test_bad_method_settings_name_their_key(space):
         NeuralPredictor(space, loss="hinge")
     with pytest.raises(ValueError, match="method.sampler.target_flops"):
         RLSampler(space, alpha=1.0)
+    sampler = {"_target_": "rankitect.search.sampling.PredictorRLSampler"}
     with pytest.raises(ValueError, match="method.halving"):
-        SamplingSearch(evaluator={}, predictor={}, sampler={}, halving={"top_k": 2})
+        SamplingSearch(evaluator={}, predictor={}, sampler=sampler, halving={"top_k": 2})
     with pytest.raises(ValueError, match="method.workers"):
-        SamplingSearch(evaluator={}, predictor={}, sampler={}, halving={"budgets": [1]}, workers=-1)
+        SamplingSearch(
+            evaluator={}, predictor={}, sampler=sampler, halving={"budgets": [1]}, workers=-1
+        )
+    with pytest.raises(ValueError, match="method/sampler=predictor_rl"):
+        SamplingSearch(evaluator={}, predictor={}, sampler={"steps": 5}, halving={"budgets": [1]})

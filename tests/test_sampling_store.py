@@ -1,4 +1,5 @@
-"""Sampling-based search: the trial store, its workers, a killed worker, a restarted search."""
+"""Sampling-based search: the trial store (an Optuna study on SQLite, a real PostgreSQL server
+and a journal file), its workers, a killed worker, a restarted search."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -67,6 +69,11 @@ def space():
     return load_space(SPACE, dm.feature_spec)
 
 
+ALL_STORES = pytest.mark.parametrize(
+    "store_url", ["sqlite", "postgresql", "journal"], indirect=True
+)
+
+
 def some_archs(space, n, seed=0):
     return propose_random(space, n, set(), torch.Generator().manual_seed(seed))
 
@@ -81,23 +88,26 @@ def test_enqueue_is_idempotent_per_arch_and_budget(tmp_path, space):
     assert {t.stage for t in store.trials(budget=100)} == {"round0"}
 
 
-def test_claims_are_exclusive_and_tokens_fence_lost_trials(tmp_path, space):
-    url = f"sqlite:///{tmp_path / 't.db'}"
-    a, b = TrialStore(url), TrialStore(url)  # two handles, as two processes would have
+@ALL_STORES
+def test_claims_are_exclusive_and_a_lost_trial_cannot_be_written(store_url, space):
+    a = TrialStore(store_url)
+    b = TrialStore(store_url, stale_after_s=1.0)  # two handles, as two processes would have
     a.enqueue(some_archs(space, 2), 100, "round0")
     t1, t2 = a.claim("w1"), b.claim("w2")
     assert t1.id != t2.id and a.claim("w3") is None
     assert a.counts() == {RUNNING: 2}
-    time.sleep(0.05)
-    assert b.requeue_stale(0.01) == 2  # both heartbeats are older than 10 ms
-    t3 = b.claim("w3")
-    assert t3.id == t1.id and t3.attempts == 2
+    time.sleep(2.5)  # both heartbeats are older than b's 1 s grace (SQLite stamps whole seconds)
+    t3 = b.claim("w3")  # Optuna fails both as stale and queues their retries
+    assert t3.id == t1.id and t3.attempts == 2 and t3.token != t1.token
     # w1 lost its trial: its heartbeat and result are refused, w3's is taken
     assert not a.heartbeat(t1) and not a.finish(t1, {"ne": 0.1})
     assert b.finish(t3, {"ne": 0.2})
     assert not b.fail(t3, "too late")
     done = a.trials(status=DONE)
     assert [(t.id, t.worker, t.metrics) for t in done] == [(t1.id, "w3", {"ne": 0.2})]
+    assert a.counts() == {DONE: 1, QUEUED: 1}  # t2's retry waits for a worker
+    completed = a.study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert [(t.value, t.user_attrs["stage"]) for t in completed] == [(0.2, "round0")]
 
 
 def test_a_failing_evaluation_fails_its_trial_not_the_worker(tmp_path, space):
@@ -126,8 +136,9 @@ def wait_until(predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_a_killed_worker_trial_is_rerun_and_every_trial_is_done_once(tmp_path, space):
-    url = f"sqlite:///{tmp_path / 'trials.db'}"
+@ALL_STORES
+def test_a_killed_worker_trial_is_rerun_and_every_trial_is_done_once(store_url, tmp_path, space):
+    url = store_url
     log_path = tmp_path / "evaluations.log"
     store = TrialStore(url)
     # long enough that one worker cannot finish the queue before the other has started
@@ -180,15 +191,20 @@ def make_search(store_url: str, rounds: int) -> SamplingSearch:
         seed=0,
         evaluator={"_target_": f"{__name__}.LoggedScore", "log_path": "unset"},
         predictor={"ensemble": 2, "epochs": 30},
-        sampler={"steps": 5, "batch": 8},
+        sampler={
+            "_target_": "rankitect.search.sampling.PredictorRLSampler",
+            "steps": 5,
+            "batch": 8,
+        },  # fmt: skip
         halving={"top_k": 4, "eta": 2, "budgets": [200, 400], "finalists": 1},
     )
 
 
-def test_a_restarted_search_continues_without_reevaluating(tmp_path, space):
+@ALL_STORES
+def test_a_restarted_search_continues_without_reevaluating(store_url, tmp_path, space):
     from hydra.utils import instantiate
 
-    url = f"sqlite:///{tmp_path / 'trials.db'}"
+    url = store_url
     log_path = tmp_path / "evaluations.log"
     cfg = OmegaConf.create({"data": DATA, "search_space": SPACE})
     dm = instantiate(cfg.data)
@@ -325,3 +341,133 @@ def test_the_search_logs_per_trial_progress_and_the_halving_rungs(tmp_path, spac
     assert "best NE so far" in round0[-1]
     assert "halving rung 0 (200 examples each): 4/4 done" in "\n".join(lines)
     assert "halving rung 1 (400 examples each): 2/2 done" in "\n".join(lines)
+
+
+def test_optuna_dashboard_shows_the_trials_with_ne_flops_and_architecture(tmp_path, space):
+    import json
+    import wsgiref.util
+
+    from optuna_dashboard import wsgi
+
+    store = TrialStore(f"sqlite:///{tmp_path / 'trials.db'}")
+    archs = some_archs(space, 2)
+    store.enqueue(archs, 100, "round0")
+    for ne in (0.5, 0.25):
+        trial = store.claim("w")
+        store.finish(trial, {"ne": ne, "flops": space.flops(trial.arch)})
+    app = wsgi(store.storage)
+
+    def get(path: str):
+        environ = {"PATH_INFO": path, "REQUEST_METHOD": "GET"}
+        wsgiref.util.setup_testing_defaults(environ)
+        status = []
+        body = b"".join(app(environ, lambda s, headers, exc_info=None: status.append(s)))
+        assert status[0].startswith("200"), (path, status, body[:300])
+        return json.loads(body)
+
+    (study,) = get("/api/studies")["study_summaries"]
+    assert study["study_name"] == "rankitect"
+    shown = get(f"/api/studies/{study['study_id']}")["trials"]
+    assert [t["values"] for t in shown] == [[0.5], [0.25]]
+    for t, arch in zip(shown, archs, strict=True):
+        attrs = {a["key"]: a["value"] for a in t["user_attrs"]}
+        assert float(attrs["ne"]) == t["values"][0]
+        assert int(attrs["flops"]) == space.flops(arch)
+        assert json.loads(attrs["arch_json"]) == json.loads(arch.to_json(indent=None))
+
+
+@pytest.mark.parametrize("sampler", ["optuna.samplers.TPESampler", "optuna.samplers.RandomSampler"])
+def test_optuna_samplers_run_the_same_search(tmp_path, space, sampler):
+    from hydra.utils import instantiate
+
+    cfg = OmegaConf.create({"data": DATA, "search_space": SPACE})
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    log_path = tmp_path / "evaluations.log"
+    search = make_search(f"sqlite:///{tmp_path / 'trials.db'}", rounds=2)
+    search.sampler_cfg = {"_target_": sampler, "seed": 0}
+    search.evaluator_cfg["log_path"] = str(log_path)
+    outcome = search.run(space, dm, cfg, tmp_path)
+    assert outcome.extra["sampler"] == sampler
+    assert [r["scored"] for r in outcome.extra["rounds"]] == [6, 3]
+    store = TrialStore(f"sqlite:///{tmp_path / 'trials.db'}")
+    sampled = store.trials(budget=100)
+    assert len(sampled) == 9 and all(t.status == DONE for t in sampled)
+    # every sampled architecture is one the space decodes, and each was evaluated once
+    for t in sampled:
+        space.validate(t.arch)
+    logged = [line for line in evaluations(log_path) if line.endswith(" 100")]
+    assert len(logged) == len(set(logged)) == len({t.arch_key for t in sampled})
+    assert outcome.arch in [t.arch for t in sampled]
+
+
+def test_a_store_of_the_earlier_schema_is_refused_with_what_to_do(tmp_path):
+    import sqlalchemy as sa
+
+    path = tmp_path / "trials.db"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:  # the tables Rankitect wrote before its store was Optuna's
+        conn.exec_driver_sql("CREATE TABLE trials (id INTEGER PRIMARY KEY, arch_json TEXT)")
+        conn.exec_driver_sql("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    engine.dispose()
+    with pytest.raises(ValueError, match="earlier Rankitect.*new method.store"):
+        TrialStore(f"sqlite:///{path}")
+
+
+@pytest.mark.parametrize("name", ["predictor_rl", "tpe", "random", "gp"])
+def test_each_shipped_sampler_config_composes_and_builds(name, space):
+    from hydra import compose, initialize_config_dir
+
+    from rankitect.cli.config import conf_dir
+    from rankitect.search.sampling.worker import build_sampler
+
+    with initialize_config_dir(str(conf_dir()), version_base="1.3"):
+        cfg = compose("search", overrides=["method=sampling", f"method/sampler={name}"])
+    method = OmegaConf.to_container(cfg.method, resolve=True)
+    config = {"sampler": method["sampler"], "predictor": method["predictor"], "seed": 0,
+              "plan": {"initial_size": 4, "round_size": 2, "budget": 100}}  # fmt: skip
+    sampler = build_sampler(config, space)
+    assert isinstance(sampler, optuna.samplers.BaseSampler)
+    assert type(sampler).__name__ == method["sampler"]["_target_"].rsplit(".", 1)[1]
+
+
+class InterruptedOnce(LoggedScore):
+    """`LoggedScore`, except that the first evaluation after ``flag`` is created raises
+    KeyboardInterrupt (as a kill would end the process), deleting the flag."""
+
+    def __init__(self, space, datamodule, log_path: str, flag: str) -> None:
+        super().__init__(space, datamodule, log_path)
+        self.flag = Path(flag)
+
+    def evaluate(self, arch, budget):
+        if self.flag.exists():
+            self.flag.unlink()
+            raise KeyboardInterrupt
+        return super().evaluate(arch, budget)
+
+
+def test_a_search_restarted_after_a_kill_reruns_the_trial_it_left_running(tmp_path, space):
+    from hydra.utils import instantiate
+
+    cfg = OmegaConf.create({"data": DATA, "search_space": SPACE})
+    dm = instantiate(cfg.data)
+    dm.setup("fit")
+    url, flag = f"sqlite:///{tmp_path / 'trials.db'}", tmp_path / "interrupt"
+
+    def search():
+        s = make_search(url, rounds=2)
+        s.heartbeat_s, s.stale_after_s = 0.2, 1.0
+        log_path = str(tmp_path / "evaluations.log")
+        s.evaluator_cfg = {"_target_": f"{__name__}.InterruptedOnce", "log_path": log_path,
+                           "flag": str(flag)}  # fmt: skip
+        return s
+
+    flag.touch()
+    with pytest.raises(KeyboardInterrupt):  # the first trial is left RUNNING
+        search().run(space, dm, cfg, tmp_path)
+    (left,) = TrialStore(url).trials(status=RUNNING)
+    time.sleep(2.5)  # its heartbeat goes stale; the single inline worker must not deadlock
+    outcome = search().run(space, dm, cfg, tmp_path)
+    rerun = {t.id: t for t in TrialStore(url).trials()}[left.id]
+    assert rerun.status == DONE and rerun.attempts == 2
+    assert [r["scored"] for r in outcome.extra["rounds"]] == [6, 3]

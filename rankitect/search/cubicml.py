@@ -39,15 +39,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from rankitect.cli.entry import quiet_third_party
 from rankitect.io import atomic_write_text, write_json
-from rankitect.lit import CTRModule
 from rankitect.search.reinforce import seeded_generator
-from rankitect.search.sampling.method import one_thread
 from rankitect.search.sampling.predictor import NeuralPredictor
-from rankitect.search.sampling.proposers import RLSampler, propose_random
+from rankitect.search.sampling.proposers import RLSampler, one_thread, propose_random
 from rankitect.search.sampling.store import arch_key
 from rankitect.space.space import Decision, DecisionSpace
 from rankitect.system import apply_threads, check_system, prepare_model
-from rankitect.train import model_name, trainer_options
+from rankitect.train import build_module, model_name, trainer_options, with_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -400,7 +398,7 @@ def measure(cfg: DictConfig, warmup: int, steps: int, seconds: float = math.inf)
     trainer = L.Trainer(**options, logger=False, callbacks=[meter])
     start = time.perf_counter()
     # no validation: no plateau to cut the learning rate on (its scheduler would need one)
-    module = CTRModule(model, **{**cfg.module, "lr_plateau_factor": None})
+    module = build_module(cfg, model, lr_plateau_factor=None)
     trainer.fit(module, datamodule=datamodule)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     gpu_mb = (
@@ -554,6 +552,7 @@ def run(cfg: DictConfig, output_dir: str | Path, task_overrides: Sequence[str] =
         load_settings(OmegaConf.to_container(t.settings), OmegaConf.to_container(t.search))
     )
     base = OmegaConf.masked_copy(cfg, [k for k in cfg if k not in ("tune", "hydra")])
+    base = with_output_dir(base, output_dir)
     check_system(base.get("system"))
     evaluate = ProcessTrial(
         space, base, output_dir, t.warmup_steps, t.measure_steps, t.measure_seconds,

@@ -98,6 +98,10 @@ class DistDNAS:
         method, the data's ``shard`` set, no final stage, resuming its own checkpoint."""
         shard = OmegaConf.to_container(cfg, resolve=True)
         shard.pop("hydra", None)
+        # each shard's paths.output_dir (the checkpoints' dirpath) is its own run directory
+        shard.get("paths", {}).pop("output_dir", None)
+        if "callbacks" in cfg:
+            shard["callbacks"] = OmegaConf.to_container(cfg.callbacks, resolve=False)
         shard["method"] = dict(self.dnas)
         shard["data"]["shard"] = {"index": index, "count": self.shards}
         shard["final"] = {**shard.get("final", {}), "enabled": False}

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from rankitect.callbacks.flops_regularizer import FlopsRegularizer
 from rankitect.callbacks.temperature import GumbelTemperature
 from rankitect.lit.dnas_module import DNASModule
-from rankitect.search.method import SearchMethod, to_plain
+from rankitect.search.method import SearchMethod, callback_config, to_plain
 from rankitect.search.outcome import SearchOutcome
 from rankitect.space.space import SearchSpace
 
@@ -38,7 +38,15 @@ class DNAS(SearchMethod):
             ``expected`` (``|E[FLOPs] - c|``); see `FlopsRegularizer`.
         flops_max_realisations: realisations per step used by the ``sampled`` estimator.
         temperature: `GumbelTemperature` options (``schedule``, ``start``, ``end``,
-            ``anneal_steps``, ``warmup_steps``, ``freeze_theta_during_warmup``).
+            ``anneal_steps``, ``warmup_steps``, ``freeze_theta_during_warmup``), or the
+            temperature callback itself, or its config with ``_target_``
+            (``conf/callbacks/method/gumbel_temperature.yaml``): another schedule is a
+            Callback with ``start``, ``warmup_steps`` and ``freeze_theta_during_warmup`` that
+            sets ``pl_module.temperature`` (and ``theta_frozen``) before each step.
+        regularizer: what builds the FLOPs regulariser from ``target_flops``, ``weight``
+            (``alpha``), ``estimator``, ``kind`` (``cost``) and ``max_realisations``:
+            `FlopsRegularizer` by default, or a ``_partial_`` config with ``_target_``
+            (``conf/callbacks/method/flops_regularizer.yaml``).
         **module: `DNASModule` options (``lr``, ``arch_lr``, ``update``, ``sampling``,
             ``hard``, ``init``, ``seed``, ``activation_checkpointing``, ...).
     """
@@ -52,10 +60,11 @@ class DNAS(SearchMethod):
         cost: str = "l1",
         flops_estimator: str = "sampled",
         flops_max_realisations: int = 16,
-        temperature: Mapping[str, Any] | None = None,
+        temperature: Mapping[str, Any] | Callback | None = None,
+        regularizer: Any = None,
         **module: Any,
     ) -> None:
-        regularizer = FlopsRegularizer(
+        regularizer = callback_config(regularizer, FlopsRegularizer)(
             target_flops,
             weight=alpha,
             estimator=flops_estimator,
@@ -63,10 +72,13 @@ class DNAS(SearchMethod):
             max_realisations=flops_max_realisations,
         )
         self.regularizer = regularizer if alpha > 0 else None
-        temperature = to_plain(temperature)
-        _check_keys("temperature.", temperature, GumbelTemperature)
         _check_keys("", module, DNASModule, exclude={"space", "temperature"})
-        self.temperature = GumbelTemperature(**temperature)
+        temperature = callback_config(temperature, {})
+        if not isinstance(temperature, Callback):  # the options of the shipped schedule
+            temperature = to_plain(temperature)
+            _check_keys("temperature.", temperature, GumbelTemperature)
+            temperature = GumbelTemperature(**temperature)
+        self.temperature = temperature
         self.module_options = module
 
     def build(self, space: SearchSpace) -> tuple[L.LightningModule, list[Callback]]:

@@ -37,7 +37,7 @@ from rankitect.search.outcome import SearchOutcome
 from rankitect.search.sampling.halving import successive_halving
 from rankitect.space import materialize
 from rankitect.space.spaces import conf_dir
-from rankitect.train import train
+from rankitect.train import group_config, train
 
 log = logging.getLogger(__name__)
 
@@ -192,8 +192,9 @@ def _near_modes(space: Any, outcome: SearchOutcome, draws: int, seed: int) -> li
 def recipe_config(
     cfg: DictConfig, final: FinalConfig, model: Mapping[str, Any], seed: int, epochs: int
 ) -> DictConfig:
-    """A `rankitect.train.train` config: the search's data, ``model``, the final recipe."""
-    defaults = OmegaConf.load(conf_dir() / "train.yaml")
+    """A `rankitect.train.train` config: the search's data, ``model``, the final recipe (the
+    shipped training module and callbacks, conf/module/ctr.yaml and conf/callbacks/default.yaml,
+    with ``final.lr`` and ``final.patience``)."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
     if final.batch_size is not None:
         data["batch_size"] = final.batch_size
@@ -208,7 +209,11 @@ def recipe_config(
     }
     if cfg.trainer.get("precision") is not None:
         trainer["precision"] = cfg.trainer.precision
-    module = {**OmegaConf.to_container(defaults.module), "lr": final.lr}
+    module = {**OmegaConf.to_container(group_config("module", "ctr")), "lr": final.lr}
+    callbacks = OmegaConf.to_container(group_config("callbacks", "default"))
+    callbacks["early_stopping"]["patience"] = final.patience
+    # the search's paths; rankitect.train.train sets paths.output_dir to the retrain's directory
+    paths = OmegaConf.to_container(cfg.paths) if "paths" in cfg else {}
     return OmegaConf.create(
         {
             "seed": int(seed),
@@ -219,7 +224,8 @@ def recipe_config(
             "trainer": trainer,
             "logger": None,
             "module": module,
-            "early_stopping": {"patience": final.patience},
+            "callbacks": callbacks,
+            "paths": paths,
         }
     )
 
@@ -287,8 +293,10 @@ RECIPE_KEYS = (
     "module.weight_decay",
     "trainer.gradient_clip_val",
     "trainer.max_epochs",
-    "early_stopping.patience",
+    "callbacks.early_stopping.patience",
 )
+# where a key of RECIPE_KEYS was in a results.json of an older version
+OLD_RECIPE_KEYS = {"callbacks.early_stopping.patience": "early_stopping.patience"}
 
 
 def recipe_differences(
@@ -299,9 +307,12 @@ def recipe_differences(
     same data under the same recipe, or the comparison says nothing about the architectures."""
 
     def get(cfg: Mapping[str, Any], key: str) -> Any:
+        value: Any = cfg
         for part in key.split("."):
-            cfg = cfg.get(part) if isinstance(cfg, Mapping) else None
-        return cfg
+            value = value.get(part) if isinstance(value, Mapping) else None
+        if value is None and key in OLD_RECIPE_KEYS:
+            return get(cfg, OLD_RECIPE_KEYS[key])
+        return value
 
     return {
         k: {"final": get(ours, k), "baseline": get(theirs, k)}

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -19,6 +20,18 @@ def to_plain(cfg: Mapping[str, Any] | DictConfig | None) -> dict[str, Any]:
     if cfg is None:
         return {}
     return dict(OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg)
+
+
+def callback_config(cfg: Any, default: Any) -> Any:
+    """A search callback of a method config (``conf/callbacks/method/*.yaml``): ``default``
+    when None; a config with ``_target_`` built with `hydra.utils.instantiate` (a
+    ``_partial_: true`` one gives the function the method calls with its runtime arguments);
+    otherwise as given (already built, by Hydra's instantiation of the method)."""
+    if cfg is None:
+        return default
+    if isinstance(cfg, Mapping | DictConfig) and "_target_" in cfg:
+        return instantiate(cfg)
+    return cfg
 
 
 class SearchMethod(ABC):

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 
 from rankitect.callbacks.rl import RLSearchCallback
 from rankitect.lit.supernet_module import BaselineConfig, SupernetModule, plain
-from rankitect.search.method import SearchMethod
+from rankitect.search.method import SearchMethod, callback_config
 from rankitect.search.outcome import SearchOutcome
 from rankitect.search.policy import CategoricalPolicy
 from rankitect.space.space import SearchSpace
@@ -24,7 +24,9 @@ class OneShotRL(SearchMethod):
     The keyword arguments are the method's config keys: ``baseline``, ``lr`` and
     ``weight_decay`` go to the module, ``max_nonfinite_in_a_row`` to both (the module's limit
     on non-finite losses, the callback's on non-finite rewards), every other one to the
-    callback (see their docs).
+    callback (see their docs). ``callback`` builds the callback from the space and those keys:
+    `RLSearchCallback` by default, or a ``_partial_`` config with ``_target_``
+    (``conf/callbacks/method/rl_policy.yaml``).
     The found architecture is the policy's most likely one.
     """
 
@@ -37,14 +39,16 @@ class OneShotRL(SearchMethod):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         max_nonfinite_in_a_row: int = 10,
+        callback: Any = None,
         **search: Any,
     ) -> None:
-        known = set(inspect.signature(RLSearchCallback).parameters) - {"space"}
+        self.callback = callback_config(callback, RLSearchCallback)
+        known = set(inspect.signature(self.callback).parameters) - {"space"}
         unknown = sorted(set(search) - known)
         if unknown:
             raise ValueError(
                 f"unknown oneshot_rl config key(s) {unknown}; known: "
-                f"{sorted(known | {'baseline', 'lr', 'weight_decay'})}"
+                f"{sorted(known | {'baseline', 'lr', 'weight_decay', 'callback'})}"
             )
         self.module_options = {
             "baseline": plain(baseline),
@@ -56,7 +60,7 @@ class OneShotRL(SearchMethod):
         self.search_options["max_nonfinite_in_a_row"] = max_nonfinite_in_a_row
 
     def build(self, space: SearchSpace) -> tuple[L.LightningModule, list[Callback]]:
-        callback = RLSearchCallback(space, **self.search_options)
+        callback = self.callback(space, **self.search_options)
         return SupernetModule(space, **self.module_options), [callback]
 
     def outcome(self, module: L.LightningModule, callbacks: list[Callback]) -> SearchOutcome:

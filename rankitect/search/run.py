@@ -11,10 +11,10 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import FSDPStrategy, StrategyRegistry
 from omegaconf import DictConfig, OmegaConf
 
+from rankitect.callbacks.progress import with_progress
 from rankitect.checkpoint import AtomicCheckpointIO, resolve_resume
 from rankitect.io import write_json
 from rankitect.loggers import log_search_artifact
@@ -25,11 +25,12 @@ from rankitect.search.sanity import comparison, target_flops_of, unreachable_tar
 from rankitect.space import load_space
 from rankitect.train import (
     FitProgress,
+    build_callbacks,
     build_logger,
     finish_logger,
     fit_progress,
-    progress_options,
     refuse_relaunch_in_multirun,
+    with_output_dir,
 )
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ def cpu_seconds() -> float:
 def search(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Fit ``cfg.method`` on ``cfg.data`` in ``cfg.search_space``; write the found architecture."""
     output_dir = Path(output_dir)
+    cfg = with_output_dir(cfg, output_dir, callbacks="search")
     L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
@@ -85,18 +87,18 @@ def search(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     if callable(getattr(method, "run", None)):
         return _run_method(method, space, datamodule, cfg, output_dir, warnings)
     module, callbacks = method.build(space)
-    checkpoint = ModelCheckpoint(
-        dirpath=output_dir / "checkpoints",
-        save_last=True,
-        save_top_k=0,
-        every_n_train_steps=cfg.checkpoint_every_n_steps,
-    )
     logger = build_logger(cfg.get("logger"), output_dir, OmegaConf.to_container(cfg, resolve=True))
-    options, progress = progress_options(trainer_options(cfg, module))
+    # The method's callbacks run the search (conf/callbacks/method/); cfg.callbacks
+    # (conf/callbacks/search.yaml: the search state's checkpoint, progress) come next, and
+    # FitProgress, built here: fit_progress reads what it records, under any callbacks config.
+    options, fit_callbacks = with_progress(
+        trainer_options(cfg, module), [*callbacks, *build_callbacks(cfg), FitProgress()]
+    )
     trainer = L.Trainer(
         **options,
         logger=logger,
-        callbacks=[*callbacks, checkpoint, FitProgress(), *progress],
+        callbacks=fit_callbacks,
+        # AtomicCheckpointIO: a checkpoint is never left half-written (resume needs a whole one)
         plugins=[AtomicCheckpointIO()],
         default_root_dir=str(output_dir),
     )

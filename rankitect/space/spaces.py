@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import rankitect
@@ -315,12 +317,15 @@ def build_space(
     ``dhen``) and that builder's keyword options."""
     if kind not in SPACE_KINDS:
         raise ValueError(f"unknown search space kind {kind!r}; known: {sorted(SPACE_KINDS)}")
-    params = inspect.signature(SPACE_KINDS[kind]).parameters
-    known = set(params) - {"spec"}
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())  # checks its own keys
-    if not takes_any and (unknown := sorted(set(options) - known)):
-        raise ValueError(f"unknown {kind} search space key(s) {unknown}; known: {sorted(known)}")
-    return SPACE_KINDS[kind](_as_spec(feature_spec), **options)
+    builder = SPACE_KINDS[kind]
+    try:
+        return builder(_as_spec(feature_spec), **options)
+    except TypeError as err:
+        # a key the builder does not take: raised by the call itself, not inside the builder
+        if err.__traceback__ is None or err.__traceback__.tb_next is not None:
+            raise
+        known = sorted(set(inspect.signature(builder).parameters) - {"spec"})
+        raise ValueError(f"unknown {kind} search space key: {err}; known: {known}") from None
 
 
 def conf_dir() -> Path:
@@ -351,15 +356,23 @@ def load_space(
             raise ValueError(f"search space file {text!r} does not exist")
         cfg = OmegaConf.load(path)
     options = OmegaConf.to_container(cfg, resolve=True)
-    target = options.pop("_target_", BUILD_SPACE_TARGET)
-    if target != BUILD_SPACE_TARGET:
-        raise ValueError(
-            f"a search space config has _target_: {BUILD_SPACE_TARGET}, got {target!r}"
+    if options.setdefault("_target_", BUILD_SPACE_TARGET) == BUILD_SPACE_TARGET:
+        options.setdefault(
+            "name",
+            Path(str(name_or_yaml_path)).stem
+            if isinstance(name_or_yaml_path, str | Path)
+            else "custom",
         )
-    options.setdefault(
-        "name",
-        Path(str(name_or_yaml_path)).stem
-        if isinstance(name_or_yaml_path, str | Path)
-        else "custom",
-    )
-    return build_space(feature_spec, **options)
+    # The space's own _target_ (rankitect.space.build_space, or a builder of the user's taking
+    # feature_spec and the config's keys) by hydra.utils.instantiate; a partial, so that the
+    # builder's own errors (a bad value, an unknown key) reach the caller as they are, and not
+    # recursive: a nested space config (a widened space's base) is the builder's to build.
+    try:
+        builder = instantiate(options, _partial_=True, _convert_="all", _recursive_=False)
+    except InstantiationException as err:
+        raise ValueError(
+            f"a search space config has _target_: {BUILD_SPACE_TARGET} (or a builder of yours "
+            f"taking feature_spec), got {options['_target_']!r}: "
+            f"{str(err).splitlines()[0]}"
+        ) from None
+    return builder(feature_spec=feature_spec)

@@ -37,9 +37,8 @@ from rankitect.search.automl.space import JointConfig, JointSpace, model_key
 from rankitect.search.method import to_plain
 from rankitect.search.outcome import SearchOutcome
 from rankitect.search.reinforce import seeded_generator
-from rankitect.search.sampling.method import one_thread
 from rankitect.search.sampling.predictor import NeuralPredictor
-from rankitect.search.sampling.proposers import RLSampler, propose_random
+from rankitect.search.sampling.proposers import RLSampler, one_thread, propose_random
 from rankitect.search.sampling.store import DONE, FINISHED, Trial, TrialStore
 from rankitect.search.sampling.worker import run_trial, worker_name
 from rankitect.space.space import SearchSpace
@@ -154,7 +153,7 @@ class AutoMLSearch:
         queue here; returns their trials in order."""
         ids = store.enqueue(configs, budget, stage)
         name = worker_name()
-        while (trial := store.claim(name, self.stale_after_s)) is not None:
+        while (trial := store.claim(name)) is not None:
             run_trial(store, evaluator, trial, self.heartbeat_s)
         by_id = {t.id: t for t in store.trials(ids=ids)}
         unfinished = [i for i in ids if by_id[i].status not in FINISHED]
@@ -210,7 +209,12 @@ class AutoMLSearch:
 
     def _open_store(self, cfg: DictConfig, output_dir: Path) -> TrialStore:
         url = self.store_url or f"sqlite:///{(output_dir / 'trials.db').resolve()}"
-        store = TrialStore(url, arch_type=JointConfig)
+        store = TrialStore(
+            url,
+            heartbeat_s=self.heartbeat_s,
+            stale_after_s=self.stale_after_s,
+            arch_type=JointConfig,
+        )
         config = {
             "data": OmegaConf.to_container(cfg.data, resolve=True),
             "search_space": OmegaConf.to_container(cfg.search_space, resolve=True),

@@ -1,4 +1,5 @@
-"""Sampling-based search: proxies, predictor, RL sampler, successive halving, trial store."""
+"""Sampling-based search: proxies, predictor, RL sampler (an Optuna sampler), successive
+halving, trial store (an Optuna study)."""
 
 from rankitect.search.sampling.evaluators import (
     EarlyStopProxy,
@@ -10,6 +11,7 @@ from rankitect.search.sampling.halving import successive_halving
 from rankitect.search.sampling.method import SamplingSearch, pareto_front
 from rankitect.search.sampling.predictor import NeuralPredictor
 from rankitect.search.sampling.proposers import RLSampler, propose_random
+from rankitect.search.sampling.samplers import PredictorRLSampler, SamplingPlan, suggest_arch
 from rankitect.search.sampling.store import TrialStore, arch_key
 
 __all__ = [
@@ -17,7 +19,9 @@ __all__ = [
     "SiGeoProxy",
     "Evaluator",
     "NeuralPredictor",
+    "PredictorRLSampler",
     "RLSampler",
+    "SamplingPlan",
     "SamplingSearch",
     "TrialStore",
     "WeightSharingProxy",
@@ -25,4 +29,5 @@ __all__ = [
     "pareto_front",
     "propose_random",
     "successive_halving",
+    "suggest_arch",
 ]

@@ -1,38 +1,37 @@
 """Sampling-based search (paper §3.2.1, §4.2.3): rounds of proposals scored by a low-cost proxy
 in a shared trial store, then successive halving of the best ones.
 
-Round 0 draws ``initial_size`` random architectures; every later round refits the neural
-predictor on all scored ones and lets the RL sampler propose ``round_size`` new ones. The
-``halving.top_k`` best by proxy NE then go through successive halving at growing budgets.
+The store is an Optuna study (`rankitect.search.sampling.store`) and the proposer an Optuna
+sampler (``method.sampler``, `rankitect.search.sampling.samplers`): by default the paper's, a
+round of ``initial_size`` random architectures, then rounds of ``round_size`` from an RL
+sampler on a neural predictor refitted on every scored one; Optuna's TPE, random or GP sampler
+in its place with ``method/sampler=tpe`` (``random``, ``gp``). The ``halving.top_k`` best by
+proxy NE then go through successive halving at growing budgets, queued in the same study.
 
-Everything is a trial in the store, evaluated by worker processes (``workers`` local ones, or
-any started with ``python -m rankitect.search.sampling``). A restarted search re-reads
-the store: a round already proposed is not proposed again, and a finished (arch, budget) is
-never evaluated twice.
+Every trial is evaluated by worker processes (``workers`` local ones, or any started with
+``rankitect-worker --store <url>``), which ask the sampler themselves. A restarted search
+re-reads the store: a trial already asked for is not asked again, and a finished (arch, budget)
+is never evaluated twice.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from rankitect.search.method import to_plain
 from rankitect.search.outcome import SearchOutcome
-from rankitect.search.reinforce import seeded_generator
 from rankitect.search.sampling.halving import successive_halving
-from rankitect.search.sampling.predictor import NeuralPredictor
-from rankitect.search.sampling.proposers import RLSampler, propose_random
+from rankitect.search.sampling.samplers import PredictorRLSampler, SamplingPlan
 from rankitect.search.sampling.store import (
     DONE,
     FAILED,
@@ -45,8 +44,11 @@ from rankitect.search.sampling.store import (
 from rankitect.search.sampling.worker import (
     CONFIG_KEY,
     STATE_KEY,
-    run_trial,
+    TRIALS_KEY,
+    Context,
+    build_sampler,
     serve,
+    work_once,
     worker_name,
 )
 from rankitect.space.arch import Arch
@@ -67,18 +69,6 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
             front.append(i)
             best_ne = points[i][0]
     return front
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run tiny models (the predictor, the policy) on one intra-op thread: on a shared CPU,
-    more threads spin against each other and the workers and are slower by orders of magnitude."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 class SamplingSearch:
@@ -117,6 +107,11 @@ class SamplingSearch:
         self.evaluator_cfg = dict(to_plain(evaluator))
         self.predictor_cfg = dict(to_plain(predictor))
         self.sampler_cfg = dict(to_plain(sampler))
+        if "_target_" not in self.sampler_cfg:
+            raise ValueError(
+                "method.sampler needs a _target_ (an Optuna sampler): pick one with "
+                "method/sampler=predictor_rl|tpe|random|gp (conf/method/sampler/)"
+            )
         self.halving_cfg = dict(to_plain(halving))
         unknown = set(self.halving_cfg) - HALVING_KEYS
         if unknown or "budgets" not in self.halving_cfg:
@@ -126,16 +121,20 @@ class SamplingSearch:
             )
         self.store_url = store
         self.workers = int(workers)
+        self.plan = SamplingPlan(
+            trials=int(initial_size) + (int(rounds) - 1) * int(round_size),
+            initial_size=int(initial_size),
+            round_size=int(round_size),
+            budget=int(proxy_budget),
+        )
         self.rounds = int(rounds)
-        self.initial_size = int(initial_size)
-        self.round_size = int(round_size)
         self.proxy_budget = int(proxy_budget)
         self.poll_s = float(poll_s)
         self.heartbeat_s = float(heartbeat_s)
         self.stale_after_s = float(stale_after_s)
         self.seed = int(seed)
         self._procs: list[mp.Process] = []
-        self._inline = None
+        self._inline: Context | None = None
         self._inline_name = worker_name()
 
     # ---- workers -------------------------------------------------------------------------------
@@ -163,30 +162,37 @@ class SamplingSearch:
                 log.warning("worker pid %s exited with %s; starting another", p.pid, p.exitcode)
                 self._procs[i] = self._start_worker(ctx, url)
 
-    def wait(self, store: TrialStore, ids: list[int], what: str) -> list[Trial]:
-        """Block until every trial in ``ids`` is done or failed, logging ``what`` with the
-        trials' progress whenever it changes; returns them in ``ids`` order."""
+    def _wait(self, store: TrialStore, trials_of, expected: int, what: str) -> list[Trial]:
+        """Block until ``expected`` trials of ``trials_of(store)`` are done or failed, logging
+        ``what`` with their progress whenever it changes; returns them."""
         last = None
         while True:
-            store.requeue_stale(self.stale_after_s)
-            counts = store.counts(ids)
+            store.requeue_stale()
+            trials = trials_of(store)
+            counts: dict[str, int] = {}
+            for t in trials:
+                counts[t.status] = counts.get(t.status, 0) + 1
             if counts != last:
                 last = counts
-                self._log_progress(store, ids, counts, what)
-            if sum(counts.get(s, 0) for s in FINISHED) == len(set(ids)):
-                break
+                self._log_progress(trials, counts, expected, what)
+            if sum(counts.get(s, 0) for s in FINISHED) >= expected:
+                return trials
             if self.workers == 0:
-                if not self._work_inline(store):
+                if not work_once(store, self._inline, self._inline_name, self.heartbeat_s):
                     time.sleep(self.poll_s)  # the rest runs in workers started elsewhere
             else:
                 self._keep_workers_alive(store.url)
                 time.sleep(self.poll_s)
-        by_id = {t.id: t for t in store.trials(ids=ids)}
+
+    def wait(self, store: TrialStore, ids: list[int], what: str) -> list[Trial]:
+        """Block until every trial in ``ids`` is finished; returns them in ``ids`` order."""
+        done = self._wait(store, lambda s: s.trials(ids=ids), len(set(ids)), what)
+        by_id = {t.id: t for t in done}
         return [by_id[i] for i in ids]
 
     @staticmethod
-    def _log_progress(store: TrialStore, ids: list[int], counts: dict[str, int], what: str):
-        done = [t for t in store.trials(ids=ids, status=DONE) if math.isfinite(t.metrics["ne"])]
+    def _log_progress(trials: list[Trial], counts: dict[str, int], expected: int, what: str):
+        done = [t for t in trials if t.status == DONE]
         # SiGeo's trials carry -score as their "ne": say so rather than call it an NE
         name = "-SiGeo score" if any("sigeo" in t.metrics for t in done) else "NE"
         best = f"; best {name} so far {min(t.metrics['ne'] for t in done):.4f}" if done else ""
@@ -194,33 +200,39 @@ class SamplingSearch:
             "%s: %d/%d done, %d running, %d queued, %d failed%s",
             what,
             counts.get(DONE, 0),
-            len(set(ids)),
+            expected,
             counts.get(RUNNING, 0),
-            counts.get(QUEUED, 0),
+            max(counts.get(QUEUED, 0), expected - len(trials)),
             counts.get(FAILED, 0),
             best,
         )
 
-    def _work_inline(self, store: TrialStore) -> bool:
-        """``workers: 0``: the proposer evaluates one queued trial itself (so that progress is
-        logged per trial); False when none is queued."""
-        trial = store.claim(self._inline_name, self.stale_after_s)
-        if trial is None:
-            return False
-        run_trial(store, self._inline, trial, self.heartbeat_s)
-        return True
-
     # ---- the search ----------------------------------------------------------------------------
 
-    def _open_store(self, cfg: DictConfig, output_dir: Path) -> TrialStore:
-        url = self.store_url or f"sqlite:///{(output_dir / 'trials.db').resolve()}"
-        store = TrialStore(url)
-        config = {
+    def _config(self, cfg: DictConfig) -> dict[str, Any]:
+        """What a worker builds everything from (bound to the store: another search's store is
+        refused)."""
+        return {
             "data": OmegaConf.to_container(cfg.data, resolve=True),
             "search_space": OmegaConf.to_container(cfg.search_space, resolve=True),
             "evaluator": self.evaluator_cfg,
+            "sampler": self.sampler_cfg,
+            "predictor": self.predictor_cfg,
+            "plan": {k: v for k, v in vars(self.plan).items() if k != "trials"},
+            "seed": self.seed,
         }
-        store.bind_config(CONFIG_KEY, config, "data, search_space or method.evaluator")
+
+    def _open_store(self, config: dict[str, Any], output_dir: Path) -> TrialStore:
+        url = self.store_url or f"sqlite:///{(output_dir / 'trials.db').resolve()}"
+        store = TrialStore(url, heartbeat_s=self.heartbeat_s, stale_after_s=self.stale_after_s)
+        store.bind_config(
+            CONFIG_KEY,
+            config,
+            "data, search_space, method.evaluator, sampler, initial_size, round_size or "
+            "proxy_budget",
+        )
+        # Not bound: a restart may run more rounds.
+        store.set_meta(TRIALS_KEY, self.plan.trials)
         store.set_meta(STATE_KEY, "running")
         return store
 
@@ -231,28 +243,15 @@ class SamplingSearch:
             if math.isfinite(t.metrics["ne"])
         ]
 
-    def _round(self, store: TrialStore, space: SearchSpace, r: int) -> tuple[list[int], Any]:
-        """Propose and queue round ``r`` unless the store already holds it."""
+    def _round(self, store: TrialStore, r: int) -> list[Trial]:
+        """Wait for round ``r``'s trials (asked for by the workers, or here)."""
         stage = f"round{r}"
-        policy = None
-        if not store.has_stage(stage):
-            exclude = {t.arch_key for t in store.trials(budget=self.proxy_budget)}
-            scored = self._scored(store)
-            if r == 0 or len(scored) < 2:
-                gen = seeded_generator(self.seed, r)
-                n = self.initial_size if r == 0 else self.round_size
-                archs = propose_random(space, n, exclude, gen)
-            else:
-                predictor = NeuralPredictor(space, seed=self.seed + r, **self.predictor_cfg)
-                sampler = RLSampler(space, seed=self.seed, **self.sampler_cfg)
-                with one_thread():
-                    predictor.fit([t.arch for t in scored], [t.metrics["ne"] for t in scored])
-                    archs = sampler.propose(predictor, self.round_size, exclude, r)
-                policy = sampler.policy
-            store.enqueue(archs, self.proxy_budget, stage)
-            log.info("round %d: queued %d architectures", r, len(archs))
-        ids = [t.id for t in store.trials(stage_prefix=stage) if t.stage == stage]
-        return ids, policy
+        return self._wait(
+            store,
+            lambda s: [t for t in s.trials(stage_prefix=stage) if t.stage == stage],
+            self.plan.round_size_of(r),
+            f"round {r}",
+        )
 
     def _halving(self, store: TrialStore, candidates: list[Arch]) -> list:
         def evaluate(archs: list[Arch], budget: int, rung: int) -> list[float]:
@@ -269,6 +268,15 @@ class SamplingSearch:
             finalists=int(cfg.get("finalists", 1)),
         )
 
+    def _policy(self, store: TrialStore, sampler: Any) -> Any:
+        """The last round's RL policy of the paper's sampler (refitted here when the workers
+        ran it); None for another sampler."""
+        if not isinstance(sampler, PredictorRLSampler) or self.plan.rounds < 2:
+            return None
+        if sampler.policy is None:
+            sampler.round_proposals(store.study, self.plan.rounds - 1)
+        return sampler.policy
+
     def run(
         self, space: SearchSpace, datamodule: Any, cfg: DictConfig, output_dir: str | Path
     ) -> SearchOutcome:
@@ -276,21 +284,18 @@ class SamplingSearch:
         output_dir.mkdir(parents=True, exist_ok=True)
         if self.evaluator_cfg.get("supernet_path", "") is None:
             self.evaluator_cfg["supernet_path"] = str((output_dir / "supernet.pt").resolve())
-        # Fail on a bad method.predictor / method.sampler key now, not after round 0.
-        NeuralPredictor(space, **self.predictor_cfg)
-        RLSampler(space, **self.sampler_cfg)
-        store = self._open_store(cfg, output_dir)
+        config = json.loads(json.dumps(self._config(cfg)))  # as the store gives it back
+        # Fail on a bad method.sampler / method.predictor key now, not in the workers.
+        sampler = build_sampler(config, space)
+        store = self._open_store(config, output_dir)
         evaluator = instantiate(self.evaluator_cfg, space=space, datamodule=datamodule)
         evaluator.prepare()
-        self._inline = evaluator if self.workers == 0 else None
+        self._inline = Context(space, evaluator, config, sampler) if self.workers == 0 else None
         ctx = mp.get_context("spawn")
         self._procs = [self._start_worker(ctx, store.url) for _ in range(self.workers)]
         try:
-            policy = None
-            for r in range(self.rounds):
-                ids, round_policy = self._round(store, space, r)
-                self.wait(store, ids, f"round {r}")
-                policy = round_policy or policy
+            for r in range(self.plan.rounds):
+                self._round(store, r)
             scored = self._scored(store)
             if not scored:
                 raise RuntimeError("no architecture was scored; see the failed trials' errors")
@@ -306,7 +311,7 @@ class SamplingSearch:
         final = rungs[-1]
         if not final.scores or not math.isfinite(final.scores[0]):
             raise RuntimeError("every finalist failed; see the failed trials' errors")
-        return self._outcome(space, store, scored, rungs, policy)
+        return self._outcome(space, store, scored, rungs, self._policy(store, sampler))
 
     def _outcome(self, space, store, scored, rungs, policy) -> SearchOutcome:
         curve, best = [], math.inf
@@ -345,5 +350,6 @@ class SamplingSearch:
                 ],
                 "trials": store.counts(),
                 "store": store.display_url,
+                "sampler": self.sampler_cfg["_target_"],
             },
         )

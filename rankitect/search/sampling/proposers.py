@@ -8,7 +8,8 @@ architectures it met that are not scored yet.
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -18,6 +19,18 @@ from rankitect.search.sampling.predictor import NeuralPredictor, encode_values
 from rankitect.search.sampling.store import arch_key
 from rankitect.space.arch import Arch
 from rankitect.space.space import SearchSpace
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run tiny models (the predictor, the policy) on one intra-op thread: on a shared CPU,
+    more threads spin against each other and the workers and are slower by orders of magnitude."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def propose_random(

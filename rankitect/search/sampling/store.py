@@ -1,63 +1,71 @@
-"""The trial store: every proposed (architecture, budget), its status and metrics, in one database.
+"""The trial store: an Optuna study holding every proposed (architecture, budget), its status
+and metrics, and the search's config (as study user attributes, so that a worker started on
+its own knows what to build).
 
-SQLAlchemy Core over a single ``trials`` table (plus a ``meta`` key/value table holding the
-search's config, so a worker started on its own knows what to build). SQLite by default; any
-SQLAlchemy URL (PostgreSQL for a cluster) works the same way.
+The storage URL picks Optuna's storage:
 
-Crash safety rests on three rules:
+- an SQLAlchemy URL (``sqlite:///path.db`` by default, ``postgresql+psycopg://user@host/db``
+  on a cluster): `optuna.storages.RDBStorage` with heartbeats. A running trial whose heartbeat
+  is older than ``stale_after_s`` is failed by `optuna.storages.fail_stale_trials`, and
+  `RetryHeartbeatStaleTrialCallback` queues a copy of it: a killed worker's trial is run again;
+- ``journal:///path/to/trials.log``: `optuna.storages.JournalStorage` on a file (safe on NFS,
+  where SQLite is not). Optuna keeps no heartbeat there, so this module stamps one in a system
+  attribute and applies the same rule with the same callback.
 
-- every change is one transaction (a trial's metrics are written together with its status);
-- a claim is ``UPDATE ... WHERE id = :id AND status = 'queued'`` checked by its row count, and
-  stamps a fresh ``token``; heartbeats and results are accepted only with that token, so a
-  worker that lost its trial (stale heartbeat, re-queued, claimed by another) cannot write it;
-- a ``running`` trial whose heartbeat is older than ``stale_after`` seconds is re-queued by the
-  next claimant or by the proposer: a killed worker's trial is run again, never left half done.
+One trial of ours is a chain of Optuna trials, the first attempt and its retries: its ``id`` is
+the first attempt's number, its status and metrics the last attempt's. An attempt is held by
+the worker that claimed it only while it is RUNNING: Optuna refuses to finish a trial already
+failed as stale, so a worker that lost its trial cannot write it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
-import uuid
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import optuna
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import (
+    JournalStorage,
+    RDBStorage,
+    RetryHeartbeatStaleTrialCallback,
+    fail_stale_trials,
+)
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
 
 from rankitect.space.arch import Arch
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 FINISHED = (DONE, FAILED)
+STATUS = {
+    TrialState.WAITING: QUEUED,
+    TrialState.RUNNING: RUNNING,
+    TrialState.COMPLETE: DONE,
+    TrialState.FAIL: FAILED,
+    TrialState.PRUNED: FAILED,
+}
+STUDY_NAME = "rankitect"
+JOURNAL_SCHEME = "journal://"
+HEARTBEAT_ATTR = "rankitect:heartbeat"  # journal storage only
 
-_meta = sa.MetaData()
-trials = sa.Table(
-    "trials",
-    _meta,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("arch_key", sa.String(40), nullable=False),
-    sa.Column("arch_json", sa.Text, nullable=False),
-    sa.Column("budget", sa.BigInteger, nullable=False),
-    sa.Column("stage", sa.String(64), nullable=False),
-    sa.Column("status", sa.String(16), nullable=False, index=True),
-    sa.Column("worker", sa.String(128)),
-    sa.Column("token", sa.String(32)),
-    sa.Column("attempts", sa.Integer, nullable=False, default=0),
-    sa.Column("heartbeat", sa.Float),
-    sa.Column("metrics", sa.Text),
-    sa.Column("error", sa.Text),
-    sa.Column("created", sa.Float, nullable=False),
-    sa.Column("updated", sa.Float, nullable=False),
-    sa.UniqueConstraint("arch_key", "budget", name="uq_trials_arch_budget"),
-)
-meta_table = sa.Table(
-    "meta",
-    _meta,
-    sa.Column("key", sa.String(64), primary_key=True),
-    sa.Column("value", sa.Text, nullable=False),
-)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Heartbeats and their retry callback are what this store is built on (Optuna marks them
+# experimental), used with ask/tell across processes rather than inside `Study.optimize`.
+for _message in (
+    r"Argument ``heartbeat_interval`` is an experimental feature",
+    r"RetryHeartbeatStaleTrialCallback is experimental",
+    r"optuna\.storages\._heartbeat\.fail_stale_trials is experimental",
+    r"Heartbeat of storage is supposed to be used with Study\.optimize",
+):
+    warnings.filterwarnings("ignore", message=_message)
 
 
 def arch_key(arch: Arch) -> str:
@@ -67,33 +75,44 @@ def arch_key(arch: Arch) -> str:
 
 @dataclass(frozen=True)
 class Trial:
-    id: int
+    id: int  # the first attempt's trial number
     arch: Arch
     arch_key: str
     budget: int
     stage: str
     status: str
     worker: str | None
-    token: str | None
+    token: int  # the Optuna trial id of this attempt
     attempts: int
     metrics: dict[str, Any] | None
     error: str | None
 
     @classmethod
-    def from_row(cls, row: Any, arch_type: Any = Arch) -> Trial:
+    def from_frozen(cls, t: FrozenTrial, arch_type: Any = Arch) -> Trial:
+        attrs = t.user_attrs
         return cls(
-            id=row.id,
-            arch=arch_type.from_json(row.arch_json),
-            arch_key=row.arch_key,
-            budget=int(row.budget),
-            stage=row.stage,
-            status=row.status,
-            worker=row.worker,
-            token=row.token,
-            attempts=int(row.attempts),
-            metrics=None if row.metrics is None else json.loads(row.metrics),
-            error=row.error,
+            id=first_number(t),
+            arch=arch_type.from_json(attrs["arch_json"]),
+            arch_key=attrs["arch_key"],
+            budget=int(attrs["budget"]),
+            stage=attrs["stage"],
+            status=STATUS[t.state],
+            worker=attrs.get("worker"),
+            token=t._trial_id,
+            attempts=len(t.system_attrs.get("retry_history", [])) + 1,
+            metrics=attrs.get("metrics"),
+            error=attrs.get("error"),
         )
+
+
+def first_number(t: FrozenTrial) -> int:
+    """The number of the first attempt of the trial ``t`` is an attempt of."""
+    return int(t.system_attrs.get("failed_trial", t.number))
+
+
+def journal_path(url: str) -> str | None:
+    """The file of a ``journal:///path`` URL; None for another URL."""
+    return url[len(JOURNAL_SCHEME) :] if url.startswith(JOURNAL_SCHEME) else None
 
 
 def _sqlite_immediate(engine: sa.Engine) -> None:
@@ -115,47 +134,105 @@ def _sqlite_immediate(engine: sa.Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def refuse_old_store(url: str) -> None:
+    """A clear error for a store written by Rankitect's own trial table (before Optuna), whose
+    ``trials`` table Optuna would misread."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        tables = set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    if "meta" in tables and "studies" not in tables:
+        raise ValueError(
+            f"the trial store {sa.make_url(url).render_as_string(hide_password=True)} was "
+            "written by an earlier Rankitect (its own trials/meta tables, before the store moved "
+            "to Optuna) and cannot be read: re-run the search with a new method.store (or "
+            "delete that file); its finished trials are not carried over"
+        )
+
+
+def open_storage(url: str, heartbeat_s: float, stale_after_s: float, busy_timeout_s: float):
+    """Optuna's storage for ``url`` (see the module docstring)."""
+    path = journal_path(url)
+    if path is not None:
+        if not path:
+            raise ValueError(f"a journal store URL is journal:///<path of the file>, got {url!r}")
+        return JournalStorage(JournalFileBackend(path))
+    refuse_old_store(url)
+    is_sqlite = sa.make_url(url).get_backend_name() == "sqlite"
+    engine_kwargs: dict[str, Any] = {}
+    if is_sqlite:
+        # One connection per use (threads share the storage: the heartbeat's), and a busy wait.
+        engine_kwargs = {"poolclass": sa.pool.NullPool, "connect_args": {"timeout": busy_timeout_s}}
+    storage = RDBStorage(
+        url,
+        engine_kwargs=engine_kwargs,
+        heartbeat_interval=max(1, math.ceil(heartbeat_s)),
+        grace_period=max(1, math.ceil(stale_after_s)),
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(),
+    )
+    if is_sqlite:
+        _sqlite_immediate(storage.engine)
+    return storage
+
+
 class TrialStore:
-    """A shared table of trials behind an SQLAlchemy URL (``sqlite:///path.db``,
-    ``postgresql+psycopg://...``). Safe to open from many processes and machines.
+    """The trials of one search in an Optuna study behind ``url``; safe to open from many
+    processes and machines.
 
-    ``arch_type`` parses the stored ``arch_json`` back (its ``from_json``): `Arch` here, the
-    AutoML search's `JointConfig` (architecture + hyper-parameters) there."""
+    ``heartbeat_s``: how often a worker stamps its running trial; ``stale_after_s``: how old a
+    stamp may get before the trial is failed and retried (Optuna's heartbeat interval and
+    grace period, whole seconds on an RDB storage). ``arch_type`` parses the stored
+    ``arch_json`` back (its ``from_json``): `Arch` here, the AutoML search's `JointConfig`
+    (architecture + hyper-parameters) there. ``sampler``: the Optuna sampler that `ask`
+    proposes new trials with (the sampling search's; None: Optuna's default)."""
 
-    def __init__(self, url: str, *, busy_timeout_s: float = 60.0, arch_type: Any = Arch) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        heartbeat_s: float = 5.0,
+        stale_after_s: float = 60.0,
+        busy_timeout_s: float = 60.0,
+        arch_type: Any = Arch,
+        sampler: optuna.samplers.BaseSampler | None = None,
+    ) -> None:
         self.url = url
         self.arch_type = arch_type
-        is_sqlite = sa.make_url(url).get_backend_name() == "sqlite"
-        kwargs: dict[str, Any] = {}
-        if is_sqlite:
-            kwargs["connect_args"] = {"timeout": busy_timeout_s}
-            # One connection per thread; processes open their own engine anyway.
-            kwargs["poolclass"] = sa.pool.NullPool
-        self.engine = sa.create_engine(url, **kwargs)
-        if is_sqlite:
-            _sqlite_immediate(self.engine)
-        _meta.create_all(self.engine)
+        self.stale_after_s = float(stale_after_s)
+        self.storage = open_storage(url, heartbeat_s, stale_after_s, busy_timeout_s)
+        self.study = optuna.create_study(
+            storage=self.storage,
+            study_name=STUDY_NAME,
+            direction="minimize",
+            load_if_exists=True,
+            sampler=sampler,
+        )
 
     @property
     def display_url(self) -> str:
         """The URL with its password hidden (safe to log and to write into results.json)."""
+        if journal_path(self.url) is not None:
+            return self.url
         return sa.make_url(self.url).render_as_string(hide_password=True)
 
     def close(self) -> None:
-        self.engine.dispose()
+        if isinstance(self.storage, RDBStorage):
+            self.storage.remove_session()
+            self.storage.engine.dispose()
 
     # ---- meta ----------------------------------------------------------------------------------
 
     def get_meta(self, key: str) -> Any:
-        with self.engine.begin() as conn:
-            value = conn.execute(
-                sa.select(meta_table.c.value).where(meta_table.c.key == key)
-            ).scalar_one_or_none()
-        return None if value is None else json.loads(value)
+        return self.storage.get_study_user_attrs(self.study._study_id).get(key)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self.study.set_user_attr(key, json.loads(json.dumps(value)))
 
     def bind_config(self, key: str, config: dict[str, Any], what: str) -> None:
         """Record the search ``config`` under ``key``; a store that already holds a different
         one belongs to another search (``what`` names its keys in the error)."""
+        config = json.loads(json.dumps(config))
         previous = self.get_meta(key)
         if previous is not None and previous != config:
             raise ValueError(
@@ -164,130 +241,150 @@ class TrialStore:
             )
         self.set_meta(key, config)
 
-    def set_meta(self, key: str, value: Any) -> None:
-        text = json.dumps(value, sort_keys=True)
-        with self.engine.begin() as conn:
-            done = conn.execute(
-                meta_table.update().where(meta_table.c.key == key).values(value=text)
-            ).rowcount
-            if not done:
-                conn.execute(meta_table.insert().values(key=key, value=text))
+    # ---- attempts -> trials --------------------------------------------------------------------
+
+    def _attempts(self, states: Sequence[TrialState] | None = None) -> list[FrozenTrial]:
+        """Every attempt that carries an architecture (a trial just asked gets one at once)."""
+        return [
+            t
+            for t in self.storage.get_all_trials(
+                self.study._study_id, deepcopy=False, states=states
+            )
+            if "arch_json" in t.user_attrs
+        ]
+
+    def _latest(self) -> dict[int, FrozenTrial]:
+        """The last attempt of each trial, by trial id, in id order."""
+        latest: dict[int, FrozenTrial] = {}
+        for t in self._attempts():
+            first = first_number(t)
+            if first not in latest or t.number > latest[first].number:
+                latest[first] = t
+        return dict(sorted(latest.items()))
 
     # ---- proposer side -------------------------------------------------------------------------
 
     def enqueue(self, archs: Sequence[Arch], budget: int, stage: str) -> list[int]:
-        """Queue ``archs`` at ``budget`` in one transaction; an (arch, budget) already in the
-        store, whatever its status, is not queued again. Returns the trial ids in order."""
+        """Queue ``archs`` at ``budget``; an (arch, budget) already in the store, whatever its
+        status, is not queued again. Returns the trial ids in order."""
         if budget < 1:
             raise ValueError(f"a trial budget must be >= 1 example, got {budget}")
         keys = [arch_key(a) for a in archs]
-        now = time.time()
-        for attempt in range(3):
-            try:
-                with self.engine.begin() as conn:
-                    existing = dict(
-                        conn.execute(
-                            sa.select(trials.c.arch_key, trials.c.id).where(
-                                trials.c.budget == budget, trials.c.arch_key.in_(set(keys))
-                            )
-                        ).all()
-                    )
-                    for arch, key in zip(archs, keys, strict=True):
-                        if key in existing:
-                            continue
-                        existing[key] = conn.execute(
-                            trials.insert().values(
-                                arch_key=key,
-                                arch_json=arch.to_json(indent=None),
-                                budget=int(budget),
-                                stage=stage,
-                                status=QUEUED,
-                                attempts=0,
-                                created=now,
-                                updated=now,
-                            )
-                        ).inserted_primary_key[0]
-                return [existing[k] for k in keys]
-            except IntegrityError:
-                # Another proposer inserted one of these keys concurrently: read it back.
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
 
-    def requeue_stale(self, stale_after_s: float) -> int:
-        """Re-queue running trials whose heartbeat is older than ``stale_after_s``."""
-        now = time.time()
-        with self.engine.begin() as conn:
-            return conn.execute(
-                trials.update()
-                .where(trials.c.status == RUNNING, trials.c.heartbeat < now - stale_after_s)
-                .values(status=QUEUED, worker=None, token=None, updated=now)
-            ).rowcount
+        def stored() -> dict[str, int]:
+            return {
+                t.user_attrs["arch_key"]: i
+                for i, t in self._latest().items()
+                if int(t.user_attrs["budget"]) == budget
+            }
+
+        existing = stored()
+        for arch, key in zip(archs, keys, strict=True):
+            if key in existing:
+                continue
+            self.study.enqueue_trial(
+                {}, user_attrs=self.attrs(arch, key, budget, stage), skip_if_exists=False
+            )
+            existing[key] = -1
+        if -1 in existing.values():
+            existing = stored()
+        return [existing[k] for k in keys]
+
+    @staticmethod
+    def attrs(arch: Arch, key: str, budget: int, stage: str) -> dict[str, Any]:
+        """The user attributes that make an Optuna trial one of ours, ``arch_json`` last: set
+        one by one (on a trial Optuna's ``ask`` made), the last marks the trial complete."""
+        return {
+            "arch_key": key,
+            "budget": int(budget),
+            "stage": stage,
+            "arch_json": arch.to_json(indent=None),
+        }
+
+    def requeue_stale(self) -> None:
+        """Fail running trials whose heartbeat is older than ``stale_after_s`` and queue their
+        retries (Optuna's `fail_stale_trials`; by hand on a journal, which has no heartbeat)."""
+        if isinstance(self.storage, RDBStorage):
+            fail_stale_trials(self.study)
+            return
+        now, retry = time.time(), RetryHeartbeatStaleTrialCallback()
+        for t in self.storage.get_all_trials(
+            self.study._study_id, deepcopy=False, states=(TrialState.RUNNING,)
+        ):
+            beat = t.system_attrs.get(HEARTBEAT_ATTR)
+            if beat is None or now - beat <= self.stale_after_s:
+                continue
+            try:
+                if self.storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                    retry(self.study, self.storage.get_trial(t._trial_id))
+            except UpdateFinishedTrialError:
+                pass  # another process finished or failed it first
 
     # ---- worker side ---------------------------------------------------------------------------
 
-    def claim(self, worker: str, stale_after_s: float | None = None) -> Trial | None:
-        """Atomically take the oldest queued trial (re-queueing stale ones first), or None."""
-        if stale_after_s is not None:
-            self.requeue_stale(stale_after_s)
-        for _ in range(16):
-            with self.engine.begin() as conn:
-                trial_id = conn.execute(
-                    sa.select(trials.c.id)
-                    .where(trials.c.status == QUEUED)
-                    .order_by(trials.c.id)
-                    .limit(1)
-                ).scalar_one_or_none()
-                if trial_id is None:
-                    return None
-                now = time.time()
-                token = uuid.uuid4().hex
-                claimed = conn.execute(
-                    trials.update()
-                    .where(trials.c.id == trial_id, trials.c.status == QUEUED)
-                    .values(
-                        status=RUNNING,
-                        worker=worker,
-                        token=token,
-                        attempts=trials.c.attempts + 1,
-                        heartbeat=now,
-                        updated=now,
-                    )
-                ).rowcount
-                if claimed == 1:
-                    row = conn.execute(sa.select(trials).where(trials.c.id == trial_id)).one()
-                    return Trial.from_row(row, self.arch_type)
-            # Lost the race for this row to another worker (PostgreSQL READ COMMITTED): retry.
+    def claim(self, worker: str) -> Trial | None:
+        """Take the oldest queued trial (failing stale ones first, so that their retries are
+        queued), or None. Optuna's own pop: WAITING -> RUNNING succeeds in one process only."""
+        self.requeue_stale()
+        for t in self._attempts(states=(TrialState.WAITING,)):
+            try:
+                if not self.storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                    continue  # another worker took it
+            except UpdateFinishedTrialError:
+                continue
+            return self.hold(t._trial_id, worker)
         return None
+
+    def hold(self, trial_id: int, worker: str) -> Trial:
+        """Stamp ``worker`` and a first heartbeat on the running attempt ``trial_id``."""
+        self.storage.set_trial_user_attr(trial_id, "worker", worker)
+        self.beat(trial_id)
+        return Trial.from_frozen(self.storage.get_trial(trial_id), self.arch_type)
+
+    def beat(self, trial_id: int) -> None:
+        if isinstance(self.storage, RDBStorage):
+            self.storage.record_heartbeat(trial_id)
+        else:
+            self.storage.set_trial_system_attr(trial_id, HEARTBEAT_ATTR, time.time())
 
     def heartbeat(self, trial: Trial) -> bool:
         """Refresh ``trial``'s heartbeat; False when the worker no longer holds it."""
-        return self._update_held(trial)
+        return self.heartbeat_token(trial.token)
 
-    def _update_held(self, trial: Trial, **values: Any) -> bool:
-        """Update a running trial only while this worker's claim token still holds it."""
-        now = time.time()
-        with self.engine.begin() as conn:
-            return (
-                conn.execute(
-                    trials.update()
-                    .where(
-                        trials.c.id == trial.id,
-                        trials.c.token == trial.token,
-                        trials.c.status == RUNNING,
-                    )
-                    .values(updated=now, heartbeat=now, **values)
-                ).rowcount
-                == 1
-            )
+    def heartbeat_token(self, trial_id: int) -> bool:
+        """Refresh the heartbeat of the attempt ``trial_id`` while it is running."""
+        if self.storage.get_trial(trial_id).state != TrialState.RUNNING:
+            return False
+        try:
+            self.beat(trial_id)
+        except UpdateFinishedTrialError:
+            return False
+        return True
+
+    def _end(self, trial: Trial, state: TrialState, value: float | None, **attrs: Any) -> bool:
+        try:
+            for k, v in attrs.items():
+                self.storage.set_trial_user_attr(trial.token, k, v)
+            number = self.storage.get_trial_number_from_id(trial.token)
+            self.study.tell(number, value, state=state)
+        except (UpdateFinishedTrialError, ValueError, RuntimeError):
+            return False  # failed as stale (and retried elsewhere) meanwhile
+        return True
 
     def finish(self, trial: Trial, metrics: dict[str, Any]) -> bool:
-        """Mark ``trial`` done with its metrics (one statement); False when it was lost."""
-        return self._update_held(trial, status=DONE, metrics=json.dumps(metrics))
+        """Record ``trial``'s metrics and its NE as the trial's value (a non-finite NE fails
+        it, as Optuna does); False when the worker no longer holds it."""
+        metrics = json.loads(json.dumps(metrics))
+        ne = float(metrics["ne"])
+        if not math.isfinite(ne):
+            return self._end(trial, TrialState.FAIL, None, metrics=metrics, error="non-finite NE")
+        # NE and FLOPs on their own too: columns of optuna-dashboard's trial table
+        scalars = {k: metrics[k] for k in ("flops",) if k in metrics}
+        return self._end(trial, TrialState.COMPLETE, ne, metrics=metrics, ne=ne, **scalars)
 
     def fail(self, trial: Trial, error: str) -> bool:
         """Mark ``trial`` failed with its error; False when the worker no longer holds it."""
-        return self._update_held(trial, status=FAILED, error=error[-4000:])
+        return self._end(trial, TrialState.FAIL, None, error=error[-4000:])
 
     # ---- queries -------------------------------------------------------------------------------
 
@@ -300,29 +397,27 @@ class TrialStore:
         budget: int | None = None,
     ) -> list[Trial]:
         """Trials matching every given filter, in id order."""
-        q = sa.select(trials).order_by(trials.c.id)
-        if ids is not None:
-            q = q.where(trials.c.id.in_(list(ids)))
-        if status is not None:
-            q = q.where(trials.c.status == status)
-        if stage_prefix is not None:
-            q = q.where(trials.c.stage.startswith(stage_prefix))
-        if budget is not None:
-            q = q.where(trials.c.budget == budget)
-        with self.engine.begin() as conn:
-            return [Trial.from_row(r, self.arch_type) for r in conn.execute(q).all()]
+        wanted = None if ids is None else set(ids)
+        out = []
+        for i, t in self._latest().items():
+            if wanted is not None and i not in wanted:
+                continue
+            trial = Trial.from_frozen(t, self.arch_type)
+            if status is not None and trial.status != status:
+                continue
+            if stage_prefix is not None and not trial.stage.startswith(stage_prefix):
+                continue
+            if budget is not None and trial.budget != budget:
+                continue
+            out.append(trial)
+        return out
 
     def counts(self, ids: Iterable[int] | None = None) -> dict[str, int]:
         """Number of trials per status (among ``ids`` when given)."""
-        q = sa.select(trials.c.status, sa.func.count()).group_by(trials.c.status)
-        if ids is not None:
-            q = q.where(trials.c.id.in_(list(ids)))
-        with self.engine.begin() as conn:
-            return {s: int(n) for s, n in conn.execute(q).all()}
+        counts: dict[str, int] = {}
+        for t in self.trials(ids=ids):
+            counts[t.status] = counts.get(t.status, 0) + 1
+        return counts
 
     def has_stage(self, stage: str) -> bool:
-        with self.engine.begin() as conn:
-            return (
-                conn.execute(sa.select(trials.c.id).where(trials.c.stage == stage).limit(1)).first()
-                is not None
-            )
+        return any(t.user_attrs["stage"] == stage for t in self._latest().values())

@@ -1,8 +1,9 @@
-"""A trial worker: claim a queued trial from the store, evaluate it, write its metrics; repeat.
+"""A trial worker: claim a queued trial from the store, or ask the search's sampler for a new
+one, evaluate it, write its metrics; repeat.
 
-Workers share nothing but the store. Each builds the data, the search space and the evaluator
-from the config the proposer saved in the store's ``meta`` table, so one command starts a
-worker anywhere the store (and the data) can be reached::
+Workers share nothing but the store. Each builds the data, the search space, the evaluator and
+the sampler from the config the proposer saved in the store, so one command starts a worker
+anywhere the store (and the data) can be reached::
 
     rankitect-worker --store sqlite:///outputs/search/.../trials.db
     python -m rankitect.search.sampling --store ...    # the same
@@ -23,16 +24,25 @@ import threading
 import time
 import traceback
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 import sqlalchemy as sa
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 
 from rankitect.cli.entry import console_script
 from rankitect.search.sampling.evaluators import Evaluator
-from rankitect.search.sampling.store import QUEUED, Trial, TrialStore
+from rankitect.search.sampling.samplers import (
+    SAMPLE_INDEX,
+    PredictorRLSampler,
+    SamplingPlan,
+    sample_index,
+    suggest_arch,
+)
+from rankitect.search.sampling.store import QUEUED, Trial, TrialStore, arch_key
 from rankitect.space import load_space
 from rankitect.space.space import SearchSpace
 
@@ -40,30 +50,65 @@ log = logging.getLogger(__name__)
 
 CONFIG_KEY = "config"
 STATE_KEY = "state"  # "running" while the proposer works, "finished" afterwards
+# The number of trials to sample (SamplingPlan.trials; the other fields are in the bound
+# config: a restart may run more rounds, not other ones). Absent: nothing is sampled (AutoML).
+TRIALS_KEY = "sampled_trials"
 
 
-def build_context(config: dict[str, Any]) -> tuple[SearchSpace, Evaluator]:
-    """The search space and evaluator described by a stored search config."""
+def build_sampler(config: dict[str, Any], space: SearchSpace) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler of a stored search config (``method.sampler``), given the space and,
+    for `PredictorRLSampler`, the rounds and predictor settings."""
+    options = dict(config["sampler"])
+    if issubclass(get_class(options["_target_"]), PredictorRLSampler):
+        return instantiate(
+            options,
+            space=space,
+            plan={**config["plan"], "trials": 0},  # the sampler needs the rounds only
+            predictor=config["predictor"],
+            seed=config["seed"],
+            _convert_="all",
+        )
+    return instantiate(options)
+
+
+@dataclass
+class Context:
+    """What a worker needs besides the store: built once from the stored config."""
+
+    space: SearchSpace
+    evaluator: Evaluator
+    config: dict[str, Any]
+    sampler: optuna.samplers.BaseSampler | None = None
+
+
+def build_context(config: dict[str, Any]) -> Context:
+    """The search space, evaluator and sampler described by a stored search config."""
     datamodule = instantiate(config["data"])
     datamodule.prepare_data()
     datamodule.setup("fit")
     space = load_space(config["search_space"], datamodule.feature_spec)
     evaluator = instantiate(config["evaluator"], space=space, datamodule=datamodule)
-    return space, evaluator
+    sampler = build_sampler(config, space) if config.get("sampler") else None
+    return Context(space, evaluator, config, sampler)
 
 
 class _Heartbeat(threading.Thread):
     """Refreshes a running trial's heartbeat every ``every_s`` seconds until stopped."""
 
-    def __init__(self, store: TrialStore, trial: Trial, every_s: float) -> None:
+    def __init__(self, store: TrialStore, token: int, every_s: float) -> None:
         super().__init__(daemon=True)
-        self.store, self.trial, self.every_s = store, trial, every_s
+        self.store, self.token, self.every_s = store, token, every_s
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.wait(self.every_s):
-            if not self.store.heartbeat(self.trial):
-                log.warning("lost trial %d (re-queued after a stale heartbeat)", self.trial.id)
+            try:
+                held = self.store.heartbeat_token(self.token)
+            except Exception:  # a lost store connection: the trial will go stale
+                log.exception("heartbeat of trial %d failed", self.token)
+                held = False
+            if not held:
+                log.warning("lost trial %d (failed as stale and retried)", self.token)
                 return
 
 
@@ -84,6 +129,9 @@ def _exit_with_parent(parent_pid: int, every_s: float) -> None:
 def missing_sqlite_file(url: str) -> Path | None:
     """The database file of an SQLite ``url`` when it does not exist (opening it would create
     an empty store, which no search ever fills)."""
+    if url.startswith("journal://"):
+        path = Path(url[len("journal://") :])
+        return None if path.exists() else path
     parsed = sa.make_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
@@ -97,7 +145,7 @@ def worker_name() -> str:
 
 def run_trial(store: TrialStore, evaluator: Evaluator, trial: Trial, heartbeat_s: float) -> bool:
     """Evaluate one claimed trial and record its outcome; True when the store accepted it."""
-    beat = _Heartbeat(store, trial, heartbeat_s)
+    beat = _Heartbeat(store, trial.token, heartbeat_s)
     beat.start()
     try:
         metrics = evaluator.evaluate(trial.arch, trial.budget)
@@ -108,6 +156,72 @@ def run_trial(store: TrialStore, evaluator: Evaluator, trial: Trial, heartbeat_s
     finally:
         beat.stop.set()
     return store.finish(trial, metrics)
+
+
+def ask_sampled(
+    store: TrialStore, ctx: Context, plan: SamplingPlan, worker: str, heartbeat_s: float
+) -> Trial | None:
+    """A new trial from the sampler (None when the plan's trials are all asked for already):
+    Optuna's ``ask``, the architecture suggested decision by decision. One the store already
+    scored at the plan's budget is recorded with that trial's metrics, not evaluated again."""
+    trial = store.study.ask()
+    if "arch_json" in trial.user_attrs:  # ask popped a trial queued meanwhile
+        return store.hold(trial._trial_id, worker)
+    beat = _Heartbeat(store, trial._trial_id, heartbeat_s)
+    store.beat(trial._trial_id)
+    beat.start()
+    try:
+        k = sample_index(store.study, trial.number)
+        if k >= plan.trials:  # another worker asked for the last one first
+            store.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            return None
+        trial.set_user_attr(SAMPLE_INDEX, k)
+        arch = suggest_arch(trial, ctx.space)
+    except BaseException:
+        store.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        raise
+    finally:
+        beat.stop.set()
+    key = arch_key(arch)
+    stage = f"round{plan.round_of(k)}"
+    for name, value in store.attrs(arch, key, plan.budget, stage).items():
+        trial.set_user_attr(name, value)
+    held = store.hold(trial._trial_id, worker)
+    done = store.trials(status="done", budget=plan.budget)
+    earlier = next((t for t in done if t.arch_key == key and t.id != held.id), None)
+    if earlier is not None:  # samplers may propose a scored architecture again
+        store.finish(held, {**earlier.metrics, "duplicate_of": earlier.id})
+        return None
+    return held
+
+
+def plan_of(store: TrialStore, config: dict[str, Any]) -> SamplingPlan | None:
+    trials = store.get_meta(TRIALS_KEY)
+    return None if trials is None else SamplingPlan(trials=trials, **config["plan"])
+
+
+def sampled_count(store: TrialStore) -> int:
+    return sample_index(store.study, len(store.study.get_trials(deepcopy=False)))
+
+
+def work_once(store: TrialStore, ctx: Context, worker: str, heartbeat_s: float) -> bool:
+    """Evaluate one trial: a queued one, else a new one from the sampler while the plan has
+    trials left. False when there was nothing to do."""
+    trial = store.claim(worker)
+    if trial is None and ctx.sampler is not None:
+        plan, k = plan_of(store, ctx.config), sampled_count(store)
+        waits = isinstance(ctx.sampler, PredictorRLSampler) and not ctx.sampler.ready(
+            store.study, k
+        )
+        if plan is not None and k < plan.trials and not waits:
+            store.study.sampler = ctx.sampler
+            trial = ask_sampled(store, ctx, plan, worker, heartbeat_s)
+            if trial is None:
+                return True  # a duplicate recorded, or the last trial taken: look again
+    if trial is None:
+        return False
+    run_trial(store, ctx.evaluator, trial, heartbeat_s)
+    return True
 
 
 def serve(
@@ -127,7 +241,7 @@ def serve(
     if parent_pid is not None:
         _exit_with_parent(parent_pid, poll_s)
     torch.set_num_threads(threads)
-    store = TrialStore(url)
+    store = TrialStore(url, heartbeat_s=heartbeat_s, stale_after_s=stale_after_s)
     name = worker_name()
     config = store.get_meta(CONFIG_KEY)
     if config is None:  # started before the proposer wrote the config
@@ -145,24 +259,23 @@ def serve(
         )
         store.close()
         return 0
-    _, evaluator = build_context(config)
+    ctx = build_context(config)
     done = 0
     log.info("worker %s serving %s", name, store.display_url)
     while max_trials is None or done < max_trials:
-        trial = store.claim(name, stale_after_s)
-        if trial is None:
-            if _finished(store):
-                log.info(
-                    "the search is finished and no trial is queued; worker %s exits after %d "
-                    "trial(s) (%s)",
-                    name,
-                    done,
-                    _summary(store),
-                )
-                break
-            time.sleep(poll_s)
+        if work_once(store, ctx, name, heartbeat_s):
+            done += 1
             continue
-        done += int(run_trial(store, evaluator, trial, heartbeat_s))
+        if _finished(store):
+            log.info(
+                "the search is finished and no trial is queued; worker %s exits after %d "
+                "trial(s) (%s)",
+                name,
+                done,
+                _summary(store),
+            )
+            break
+        time.sleep(poll_s)
     store.close()
     return done
 
@@ -182,7 +295,12 @@ def main(argv: list[str] | None = None) -> None:
         prog="rankitect-worker",
         description="Evaluate queued Rankitect trials from the store of a sampling search.",
     )
-    parser.add_argument("--store", required=True, help="SQLAlchemy URL of the trial store")
+    parser.add_argument(
+        "--store",
+        required=True,
+        help="the trial store: an SQLAlchemy URL (sqlite:///..., postgresql+psycopg://...) or "
+        "journal:///<file>",
+    )
     parser.add_argument("--poll-s", type=float, default=0.5)
     parser.add_argument("--heartbeat-s", type=float, default=5.0)
     parser.add_argument("--stale-after-s", type=float, default=60.0)
