@@ -19,7 +19,7 @@ from rankitect.callbacks import GumbelTemperature, RLSearchCallback
 from rankitect.callbacks.progress import LogProgress
 from rankitect.cli.config import conf_dir
 from rankitect.data import FeatureSpec
-from rankitect.lit import CTRModule
+from rankitect.lit import CTRModule, DNASModule, SupernetModule
 from rankitect.search.finalize import FinalConfig, recipe_config
 from rankitect.space import load_space
 from rankitect.train import build_callbacks, build_module, train, with_output_dir
@@ -169,3 +169,24 @@ def test_callbacks_added_and_removed_on_the_command_line(tmp_path):
     (metrics,) = (run / "csv").rglob("metrics.csv")
     with metrics.open() as f:
         assert any(k.startswith("lr-") for k in next(csv.reader(f)))  # the monitor logged
+
+
+class MySupernet(SupernetModule):
+    """A user's own one-shot LightningModule, swapped in config-only."""
+
+
+class MyDNASModule(DNASModule):
+    """A user's own DNAS LightningModule, swapped in config-only."""
+
+
+@pytest.mark.parametrize(
+    ("method", "default", "mine"),
+    [("oneshot_rl", SupernetModule, MySupernet), ("dnas", DNASModule, MyDNASModule)],
+)
+def test_the_search_lightning_module_is_instantiated_from_the_method_config(method, default, mine):
+    space = load_space("rankitect", SPEC)
+    built, _ = instantiate(compose_cfg("search", f"method={method}").method).build(space)
+    assert type(built) is default
+    swap = f"method.module._target_={__name__}.{mine.__name__}"
+    built, _ = instantiate(compose_cfg("search", f"method={method}", swap).method).build(space)
+    assert type(built) is mine and built.space is space

@@ -47,7 +47,10 @@ class DNAS(SearchMethod):
             (``alpha``), ``estimator``, ``kind`` (``cost``) and ``max_realisations``:
             `FlopsRegularizer` by default, or a ``_partial_`` config with ``_target_``
             (``conf/callbacks/method/flops_regularizer.yaml``).
-        **module: `DNASModule` options (``lr``, ``arch_lr``, ``update``, ``sampling``,
+        module: what builds the LightningModule from the space, the start temperature and the
+            options below: `DNASModule` by default, or a ``_partial_`` config with
+            ``_target_`` (a subclass, config-only).
+        **options: `DNASModule` options (``lr``, ``arch_lr``, ``update``, ``sampling``,
             ``hard``, ``init``, ``seed``, ``activation_checkpointing``, ...).
     """
 
@@ -62,7 +65,8 @@ class DNAS(SearchMethod):
         flops_max_realisations: int = 16,
         temperature: Mapping[str, Any] | Callback | None = None,
         regularizer: Any = None,
-        **module: Any,
+        module: Any = None,
+        **options: Any,
     ) -> None:
         regularizer = callback_config(regularizer, FlopsRegularizer)(
             target_flops,
@@ -72,17 +76,18 @@ class DNAS(SearchMethod):
             max_realisations=flops_max_realisations,
         )
         self.regularizer = regularizer if alpha > 0 else None
-        _check_keys("", module, DNASModule, exclude={"space", "temperature"})
+        self.module_class = callback_config(module, DNASModule)
+        _check_keys("", options, DNASModule, exclude={"space", "temperature"})
         temperature = callback_config(temperature, {})
         if not isinstance(temperature, Callback):  # the options of the shipped schedule
             temperature = to_plain(temperature)
             _check_keys("temperature.", temperature, GumbelTemperature)
             temperature = GumbelTemperature(**temperature)
         self.temperature = temperature
-        self.module_options = module
+        self.module_options = options
 
     def build(self, space: SearchSpace) -> tuple[L.LightningModule, list[Callback]]:
-        module = DNASModule(space, temperature=self.temperature.start, **self.module_options)
+        module = self.module_class(space, temperature=self.temperature.start, **self.module_options)
         callbacks: list[Callback] = [self.temperature]
         if self.regularizer is not None:
             callbacks.append(self.regularizer)

@@ -26,7 +26,8 @@ class OneShotRL(SearchMethod):
     on non-finite losses, the callback's on non-finite rewards), every other one to the
     callback (see their docs). ``callback`` builds the callback from the space and those keys:
     `RLSearchCallback` by default, or a ``_partial_`` config with ``_target_``
-    (``conf/callbacks/method/rl_policy.yaml``).
+    (``conf/callbacks/method/rl_policy.yaml``). ``module`` builds the LightningModule from the
+    space and the module's keys: `SupernetModule` by default, or a ``_partial_`` config.
     The found architecture is the policy's most likely one.
     """
 
@@ -40,15 +41,17 @@ class OneShotRL(SearchMethod):
         weight_decay: float = 0.0,
         max_nonfinite_in_a_row: int = 10,
         callback: Any = None,
+        module: Any = None,
         **search: Any,
     ) -> None:
         self.callback = callback_config(callback, RLSearchCallback)
+        self.module_class = callback_config(module, SupernetModule)
         known = set(inspect.signature(self.callback).parameters) - {"space"}
         unknown = sorted(set(search) - known)
         if unknown:
             raise ValueError(
                 f"unknown oneshot_rl config key(s) {unknown}; known: "
-                f"{sorted(known | {'baseline', 'lr', 'weight_decay', 'callback'})}"
+                f"{sorted(known | {'baseline', 'lr', 'weight_decay', 'callback', 'module'})}"
             )
         self.module_options = {
             "baseline": plain(baseline),
@@ -61,7 +64,7 @@ class OneShotRL(SearchMethod):
 
     def build(self, space: SearchSpace) -> tuple[L.LightningModule, list[Callback]]:
         callback = self.callback(space, **self.search_options)
-        return SupernetModule(space, **self.module_options), [callback]
+        return self.module_class(space, **self.module_options), [callback]
 
     def outcome(self, module: L.LightningModule, callbacks: list[Callback]) -> SearchOutcome:
         record = module.search_record
