@@ -184,8 +184,8 @@ class TrialStore:
     stamp may get before the trial is failed and retried (Optuna's heartbeat interval and
     grace period, whole seconds on an RDB storage). ``arch_type`` parses the stored
     ``arch_json`` back (its ``from_json``): `Arch` here, the AutoML search's `JointConfig`
-    (architecture + hyper-parameters) there. ``sampler``: the Optuna sampler that `ask`
-    proposes new trials with (the sampling search's; None: Optuna's default)."""
+    (architecture + hyper-parameters) there. ``study.sampler`` is what ``study.ask()``
+    proposes new trials with: the sampling search's workers set it."""
 
     def __init__(
         self,
@@ -195,7 +195,6 @@ class TrialStore:
         stale_after_s: float = 60.0,
         busy_timeout_s: float = 60.0,
         arch_type: Any = Arch,
-        sampler: optuna.samplers.BaseSampler | None = None,
     ) -> None:
         self.url = url
         self.arch_type = arch_type
@@ -206,7 +205,6 @@ class TrialStore:
             study_name=STUDY_NAME,
             direction="minimize",
             load_if_exists=True,
-            sampler=sampler,
         )
 
     @property
