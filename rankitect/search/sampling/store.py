@@ -334,9 +334,11 @@ class TrialStore:
         return None
 
     def hold(self, trial_id: int, worker: str) -> Trial:
-        """Stamp ``worker`` and a first heartbeat on the running attempt ``trial_id``."""
-        self.storage.set_trial_user_attr(trial_id, "worker", worker)
+        """Stamp a first heartbeat, then ``worker``, on the running attempt ``trial_id``: the
+        heartbeat first, since a RUNNING trial without one never goes stale (a worker killed
+        in between would leave it held for ever)."""
         self.beat(trial_id)
+        self.storage.set_trial_user_attr(trial_id, "worker", worker)
         return Trial.from_frozen(self.storage.get_trial(trial_id), self.arch_type)
 
     def beat(self, trial_id: int) -> None:
