@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rankitect.search.reinforce import seeded_generator
 from rankitect.search.sampling.predictor import NeuralPredictor
 from rankitect.search.sampling.proposers import RLSampler, one_thread, propose_random
-from rankitect.search.sampling.store import arch_key
+from rankitect.search.sampling.store import arch_key, first_number
 from rankitect.space.arch import Arch
 from rankitect.space.space import DecisionSpace
 
@@ -199,7 +199,7 @@ def _rounds_before(study: optuna.Study, r: int) -> list[FrozenTrial]:
             continue
         if int(attrs["stage"][len("round") :]) >= r:
             continue
-        first = int(t.system_attrs.get("failed_trial", t.number))
+        first = first_number(t)
         if first not in latest or t.number > latest[first].number:
             latest[first] = t
     return list(latest.values())

@@ -39,6 +39,7 @@ from rankitect.search.sampling.samplers import (
     SAMPLE_INDEX,
     PredictorRLSampler,
     SamplingPlan,
+    is_fresh,
     sample_index,
     suggest_arch,
 )
@@ -201,7 +202,8 @@ def plan_of(store: TrialStore, config: dict[str, Any]) -> SamplingPlan | None:
 
 
 def sampled_count(store: TrialStore) -> int:
-    return sample_index(store.study, len(store.study.get_trials(deepcopy=False)))
+    """How many trials the sampler was asked for (``ask`` made), retries excluded."""
+    return sum(1 for t in store.study.get_trials(deepcopy=False) if is_fresh(t))
 
 
 def work_once(store: TrialStore, ctx: Context, worker: str, heartbeat_s: float) -> bool:
